@@ -1,0 +1,49 @@
+#include "errors.h"
+
+#include <string>
+
+namespace py = pybind11;
+
+namespace ember::bindings {
+namespace {
+
+// Python exception classes per StatusCode, resolved from ember.errors at import time. Kept alive
+// for the life of the interpreter (module objects are never unloaded).
+py::object& ExceptionFor(StatusCode code) {
+  static py::object classes[7];
+  return classes[static_cast<int>(code)];
+}
+
+}  // namespace
+
+void BindErrors(py::module_& m) {
+  py::module_ errors = py::module_::import("ember.errors");
+  const std::pair<StatusCode, const char*> table[] = {
+      {StatusCode::kInvalidArgument, "InvalidInputError"},
+      {StatusCode::kNotFound, "ArtifactNotFoundError"},
+      {StatusCode::kIntegrityError, "IntegrityError"},
+      {StatusCode::kIncompatible, "IncompatibleArtifactError"},
+      {StatusCode::kRuntimeError, "ExecutionError"},
+      {StatusCode::kInternal, "InternalError"},
+  };
+  for (const auto& [code, name] : table) ExceptionFor(code) = errors.attr(name);
+  m.def("_status_code_name", [](int code) {
+    return std::string(StatusCodeName(static_cast<StatusCode>(code)));
+  });
+  // Lets tests check the translation of every code without provoking each failure.
+  m.def("_raise_status", [](int code, const std::string& message) {
+    ThrowIfError(Status(static_cast<StatusCode>(code), message));
+  });
+}
+
+void ThrowIfError(const Status& status) {
+  if (status.ok()) return;
+  py::object cls = ExceptionFor(status.code());
+  if (!cls) cls = ExceptionFor(StatusCode::kInternal);
+  py::object exc = cls(status.message());
+  exc.attr("code") = StatusCodeName(status.code());
+  PyErr_SetObject(cls.ptr(), exc.ptr());
+  throw py::error_already_set();
+}
+
+}  // namespace ember::bindings

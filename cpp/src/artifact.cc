@@ -1,0 +1,158 @@
+#include "ember/artifact.h"
+
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <tvm/ffi/extra/json.h>
+
+#include <sstream>
+#include <vector>
+
+#include "ember/sha256.h"
+
+#ifndef EMBER_TVM_VERSION
+#error "EMBER_TVM_VERSION must be defined by the build"
+#endif
+#ifndef EMBER_TVM_FFI_VERSION
+#error "EMBER_TVM_FFI_VERSION must be defined by the build"
+#endif
+
+namespace ember {
+namespace {
+
+namespace json = tvm::ffi::json;
+
+bool IsSafeRelativeName(const std::string& name) {
+  return !name.empty() && name.front() != '/' && name.find("..") == std::string::npos;
+}
+
+}  // namespace
+
+std::string JoinPath(const std::string& dir, const std::string& name) {
+  if (dir.empty() || dir.back() == '/') return dir + name;
+  return dir + "/" + name;
+}
+
+std::set<std::string> ParseCpuFeatures(const std::string& cpuinfo_text) {
+  std::set<std::string> features;
+  std::istringstream lines(cpuinfo_text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string key = line.substr(0, colon);
+    while (!key.empty() && (key.back() == ' ' || key.back() == '\t')) key.pop_back();
+    if (key != "flags" && key != "Features") continue;
+    std::istringstream words(line.substr(colon + 1));
+    std::string word;
+    while (words >> word) features.insert(word);
+    break;  // every core lists the same flags
+  }
+  return features;
+}
+
+const HostInfo& CurrentHost() {
+  static const HostInfo host = [] {
+    HostInfo info;
+    struct utsname name {};
+    if (uname(&name) == 0) info.arch = name.machine;
+    auto cpuinfo = ReadTextFile("/proc/cpuinfo");
+    if (cpuinfo.ok()) info.cpu_features = ParseCpuFeatures(cpuinfo.value());
+    info.tvm_version = EMBER_TVM_VERSION;
+    info.tvm_ffi_version = EMBER_TVM_FFI_VERSION;
+    return info;
+  }();
+  return host;
+}
+
+Result<std::set<std::string>> VerifyChecksums(const std::string& dir) {
+  struct stat st {};
+  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return Status::NotFound("artifact directory '" + dir + "' does not exist");
+  }
+  auto text = ReadTextFile(JoinPath(dir, kChecksumsFile));
+  if (!text.ok()) {
+    return Status::NotFound("'" + dir + "' is not an ember artifact: " + kChecksumsFile +
+                            " is missing");
+  }
+  tvm::ffi::String error;
+  json::Value parsed = json::Parse(text.value(), &error);
+  auto root = parsed.try_cast<json::Object>();
+  if (!error.empty() || !root.has_value()) {
+    return Status::IntegrityError(std::string(kChecksumsFile) + " in '" + dir + "' is corrupt");
+  }
+  auto files_it = root->find(tvm::ffi::String("files"));
+  std::optional<json::Object> files;
+  if (files_it != root->end()) files = (*files_it).second.try_cast<json::Object>();
+  if (!files.has_value()) {
+    return Status::IntegrityError(std::string(kChecksumsFile) + " in '" + dir +
+                                  "' has no 'files' table");
+  }
+  std::set<std::string> verified;
+  for (const auto& kv : *files) {
+    auto name = kv.first.try_cast<tvm::ffi::String>();
+    auto expected = kv.second.try_cast<tvm::ffi::String>();
+    if (!name.has_value() || !expected.has_value() || !IsSafeRelativeName(std::string(*name))) {
+      return Status::IntegrityError(std::string(kChecksumsFile) + " in '" + dir +
+                                    "' has an invalid entry");
+    }
+    const std::string file(*name);
+    EMBER_ASSIGN_OR_RETURN(std::string actual, Sha256File(JoinPath(dir, file)));
+    if (actual != std::string(*expected)) {
+      return Status::IntegrityError("checksum mismatch for '" + file + "' in artifact '" + dir +
+                                    "': expected sha256 " + std::string(*expected) + ", got " +
+                                    actual + "; the artifact was modified or corrupted after it "
+                                    "was built and will not be loaded");
+    }
+    verified.insert(file);
+  }
+  if (verified.count(kManifestFile) == 0) {
+    return Status::IntegrityError(std::string(kChecksumsFile) + " does not cover " + kManifestFile);
+  }
+  return verified;
+}
+
+Status CheckCompatibility(const Manifest& manifest, const HostInfo& host) {
+  const std::string where = "artifact '" + manifest.model_name + "' (target " +
+                            manifest.target_name + ")";
+  if (manifest.target_kind != "llvm") {
+    return Status::Incompatible(where + " was compiled for device kind '" + manifest.target_kind +
+                                "', which this runtime cannot run on this host");
+  }
+  if (manifest.target_arch != host.arch) {
+    return Status::Incompatible(where + " was compiled for " + manifest.target_arch +
+                                " but this host is " + host.arch);
+  }
+  std::vector<std::string> missing;
+  for (const auto& feature : manifest.required_cpu_features) {
+    if (host.cpu_features.count(feature) == 0) missing.push_back(feature);
+  }
+  if (!missing.empty()) {
+    std::string list;
+    for (const auto& f : missing) list += (list.empty() ? "" : ", ") + f;
+    return Status::Incompatible(where + " needs CPU features this host lacks: " + list +
+                                "; recompile it for this machine (target 'cpu')");
+  }
+  if (manifest.tvm_version != host.tvm_version || manifest.tvm_ffi_version != host.tvm_ffi_version) {
+    return Status::Incompatible(where + " was built with TVM " + manifest.tvm_version +
+                                " / tvm-ffi " + manifest.tvm_ffi_version + " but this runtime has TVM " +
+                                host.tvm_version + " / tvm-ffi " + host.tvm_ffi_version +
+                                "; recompile it with this ember");
+  }
+  return Status::Ok();
+}
+
+Result<Manifest> OpenArtifact(const std::string& dir, const HostInfo& host) {
+  // The library name comes from the manifest, which is trusted only once its checksum matched:
+  // verify every listed file first, then parse, then require that the library was listed.
+  EMBER_ASSIGN_OR_RETURN(std::set<std::string> verified, VerifyChecksums(dir));
+  EMBER_ASSIGN_OR_RETURN(std::string text, ReadTextFile(JoinPath(dir, kManifestFile)));
+  EMBER_ASSIGN_OR_RETURN(Manifest manifest, ParseManifest(text));
+  if (!IsSafeRelativeName(manifest.library) || verified.count(manifest.library) == 0) {
+    return Status::IntegrityError(std::string(kChecksumsFile) + " does not cover the library '" +
+                                  manifest.library + "' named by the manifest");
+  }
+  EMBER_RETURN_IF_ERROR(CheckCompatibility(manifest, host));
+  return manifest;
+}
+
+}  // namespace ember

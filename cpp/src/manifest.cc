@@ -1,0 +1,180 @@
+#include "ember/manifest.h"
+
+#include <tvm/ffi/extra/json.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+namespace ember {
+namespace {
+
+namespace json = tvm::ffi::json;
+using tvm::ffi::Any;
+
+Result<json::Object> AsObject(const Any& value, const std::string& where) {
+  auto obj = value.try_cast<json::Object>();
+  if (!obj.has_value()) return Status::InvalidArgument("manifest: '" + where + "' must be an object");
+  return *obj;
+}
+
+Result<Any> Field(const json::Object& obj, const std::string& key, const std::string& where) {
+  auto it = obj.find(Any(tvm::ffi::String(key)));
+  if (it == obj.end()) {
+    return Status::InvalidArgument("manifest: missing field '" + where + key + "'");
+  }
+  return (*it).second;
+}
+
+Result<std::string> StringField(const json::Object& obj, const std::string& key,
+                                const std::string& where = "") {
+  EMBER_ASSIGN_OR_RETURN(Any value, Field(obj, key, where));
+  auto str = value.try_cast<tvm::ffi::String>();
+  if (!str.has_value()) {
+    return Status::InvalidArgument("manifest: field '" + where + key + "' must be a string");
+  }
+  return std::string(*str);
+}
+
+Result<int64_t> IntField(const json::Object& obj, const std::string& key,
+                         const std::string& where = "") {
+  EMBER_ASSIGN_OR_RETURN(Any value, Field(obj, key, where));
+  if (value.type_index() != tvm::ffi::TypeIndex::kTVMFFIInt) {
+    return Status::InvalidArgument("manifest: field '" + where + key + "' must be an integer");
+  }
+  return value.cast<int64_t>();
+}
+
+Result<json::Array> ArrayField(const json::Object& obj, const std::string& key,
+                               const std::string& where = "") {
+  EMBER_ASSIGN_OR_RETURN(Any value, Field(obj, key, where));
+  auto arr = value.try_cast<json::Array>();
+  if (!arr.has_value()) {
+    return Status::InvalidArgument("manifest: field '" + where + key + "' must be a list");
+  }
+  return *arr;
+}
+
+Result<std::vector<int64_t>> IntList(const json::Array& arr, const std::string& where) {
+  std::vector<int64_t> out;
+  for (const Any& item : arr) {
+    if (item.type_index() != tvm::ffi::TypeIndex::kTVMFFIInt) {
+      return Status::InvalidArgument("manifest: '" + where + "' must hold integers");
+    }
+    out.push_back(item.cast<int64_t>());
+  }
+  return out;
+}
+
+Result<std::vector<TensorSpec>> ParseSpecs(const json::Object& root, const std::string& key,
+                                           bool batched) {
+  EMBER_ASSIGN_OR_RETURN(json::Array arr, ArrayField(root, key));
+  std::vector<TensorSpec> specs;
+  for (size_t i = 0; i < arr.size(); ++i) {
+    const std::string where = key + "[" + std::to_string(i) + "].";
+    EMBER_ASSIGN_OR_RETURN(json::Object obj, AsObject(arr[i], key + "[" + std::to_string(i) + "]"));
+    TensorSpec spec;
+    EMBER_ASSIGN_OR_RETURN(spec.name, StringField(obj, "name", where));
+    EMBER_ASSIGN_OR_RETURN(std::string dtype, StringField(obj, "dtype", where));
+    EMBER_ASSIGN_OR_RETURN(spec.dtype, ParseDType(dtype));
+    EMBER_ASSIGN_OR_RETURN(json::Array shape, ArrayField(obj, "shape", where));
+    EMBER_ASSIGN_OR_RETURN(spec.shape, IntList(shape, where + "shape"));
+    EMBER_ASSIGN_OR_RETURN(int64_t batch_axis, IntField(obj, "batch_axis", where));
+    spec.batch_axis = static_cast<int>(batch_axis);
+    const int rank = static_cast<int>(spec.shape.size());
+    if (spec.batch_axis >= rank || spec.batch_axis < -1 || (spec.batch_axis >= 0 && !batched)) {
+      return Status::InvalidArgument("manifest: " + where + "batch_axis " +
+                                     std::to_string(spec.batch_axis) + " is invalid for " +
+                                     spec.ToString());
+    }
+    for (int d = 0; d < rank; ++d) {
+      const bool is_batch = d == spec.batch_axis;
+      const int64_t dim = spec.shape[static_cast<size_t>(d)];
+      if ((is_batch && dim != -1) || (!is_batch && dim < 0)) {
+        return Status::InvalidArgument("manifest: " + where + "shape " +
+                                       ShapeToString(spec.shape) +
+                                       " must be static except -1 at the batch axis");
+      }
+    }
+    specs.push_back(std::move(spec));
+  }
+  return specs;
+}
+
+}  // namespace
+
+std::string Manifest::FunctionName(int64_t batch) const {
+  if (!has_batch_axis()) return "main";
+  return "main_b" + std::to_string(batch);
+}
+
+Result<std::string> ReadTextFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::NotFound("cannot open '" + path + "'");
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+Result<Manifest> ParseManifest(const std::string& json_text) {
+  tvm::ffi::String error;
+  json::Value parsed = json::Parse(json_text, &error);
+  if (!error.empty()) return Status::InvalidArgument("manifest: invalid JSON: " + std::string(error));
+  EMBER_ASSIGN_OR_RETURN(json::Object root, AsObject(parsed, "<root>"));
+
+  Manifest m;
+  EMBER_ASSIGN_OR_RETURN(int64_t format_version, IntField(root, "format_version"));
+  m.format_version = static_cast<int>(format_version);
+  if (m.format_version != kManifestFormatVersion) {
+    return Status::Incompatible("artifact format version " + std::to_string(m.format_version) +
+                                " is not supported by this runtime (expects " +
+                                std::to_string(kManifestFormatVersion) + ")");
+  }
+  EMBER_ASSIGN_OR_RETURN(m.model_name, StringField(root, "model_name"));
+  EMBER_ASSIGN_OR_RETURN(m.library, StringField(root, "library"));
+
+  EMBER_ASSIGN_OR_RETURN(Any buckets, Field(root, "batch_sizes", ""));
+  if (buckets != nullptr) {
+    auto arr = buckets.try_cast<json::Array>();
+    if (!arr.has_value()) return Status::InvalidArgument("manifest: 'batch_sizes' must be a list or null");
+    EMBER_ASSIGN_OR_RETURN(m.batch_sizes, IntList(*arr, "batch_sizes"));
+    if (m.batch_sizes.empty() || !std::is_sorted(m.batch_sizes.begin(), m.batch_sizes.end()) ||
+        m.batch_sizes.front() < 1 ||
+        std::adjacent_find(m.batch_sizes.begin(), m.batch_sizes.end()) != m.batch_sizes.end()) {
+      return Status::InvalidArgument("manifest: 'batch_sizes' must be ascending, unique and >= 1");
+    }
+  }
+  EMBER_ASSIGN_OR_RETURN(m.inputs, ParseSpecs(root, "inputs", m.has_batch_axis()));
+  EMBER_ASSIGN_OR_RETURN(m.outputs, ParseSpecs(root, "outputs", m.has_batch_axis()));
+  if (m.inputs.empty() || m.outputs.empty()) {
+    return Status::InvalidArgument("manifest: a model needs at least one input and one output");
+  }
+  if (m.has_batch_axis() &&
+      std::none_of(m.inputs.begin(), m.inputs.end(),
+                   [](const TensorSpec& s) { return s.has_batch_axis(); })) {
+    return Status::InvalidArgument("manifest: batch_sizes given but no input has a batch axis");
+  }
+
+  EMBER_ASSIGN_OR_RETURN(Any target_any, Field(root, "target", ""));
+  EMBER_ASSIGN_OR_RETURN(json::Object target, AsObject(target_any, "target"));
+  EMBER_ASSIGN_OR_RETURN(m.target_name, StringField(target, "name", "target."));
+  EMBER_ASSIGN_OR_RETURN(m.target_kind, StringField(target, "kind", "target."));
+  EMBER_ASSIGN_OR_RETURN(m.target_arch, StringField(target, "arch", "target."));
+  EMBER_ASSIGN_OR_RETURN(json::Array features, ArrayField(target, "required_cpu_features", "target."));
+  for (const Any& f : features) {
+    auto s = f.try_cast<tvm::ffi::String>();
+    if (!s.has_value()) {
+      return Status::InvalidArgument("manifest: 'target.required_cpu_features' must hold strings");
+    }
+    m.required_cpu_features.emplace_back(*s);
+  }
+
+  EMBER_ASSIGN_OR_RETURN(Any versions_any, Field(root, "versions", ""));
+  EMBER_ASSIGN_OR_RETURN(json::Object versions, AsObject(versions_any, "versions"));
+  EMBER_ASSIGN_OR_RETURN(m.ember_version, StringField(versions, "ember", "versions."));
+  EMBER_ASSIGN_OR_RETURN(m.tvm_version, StringField(versions, "tvm", "versions."));
+  EMBER_ASSIGN_OR_RETURN(m.tvm_ffi_version, StringField(versions, "tvm_ffi", "versions."));
+  return m;
+}
+
+}  // namespace ember

@@ -1,0 +1,282 @@
+#include "ember/model.h"
+
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <optional>
+
+#include "ember/artifact.h"
+
+namespace ember::runtime {
+namespace {
+
+namespace ffi = tvm::ffi;
+
+// Relax VM allocator kind 2 = pooled: intermediate buffers are reused across calls.
+constexpr int kVmPooledAllocator = 2;
+
+// Lets TVM see caller-owned memory as an ffi::Tensor without copying or taking ownership.
+struct BorrowedMemory {
+  void* data;
+  void AllocData(DLTensor* tensor) { tensor->data = data; }
+  void FreeData(DLTensor* /*tensor*/) {}
+};
+
+Status FromTvmError(const std::string& what, const ffi::Error& err) {
+  return Status::RuntimeError(what + ": " + err.kind() + ": " + err.message());
+}
+
+bool IsAligned(const void* ptr) {
+  return reinterpret_cast<uintptr_t>(ptr) % kTensorAlignmentBytes == 0;
+}
+
+std::string DescribeSpecs(const std::vector<TensorSpec>& specs) {
+  std::string out;
+  for (const auto& spec : specs) out += (out.empty() ? "" : ", ") + spec.ToString();
+  return out;
+}
+
+}  // namespace
+
+struct Model::Impl {
+  std::string dir;
+  Manifest manifest;
+  std::optional<ffi::Module> library;  // set by Load(); the VM keeps functions from it alive
+  std::optional<ffi::Module> vm;
+  std::map<int64_t, ffi::Function> functions;  // bucket (or 0 without buckets) -> VM function
+  // Staging buffers for padded/split/unaligned inputs, per (bucket, input index); reused.
+  std::map<std::pair<int64_t, size_t>, AlignedBuffer> staging;
+  std::mutex run_mutex;  // guards vm, functions' execution and staging
+
+  Result<void*> Staging(int64_t bucket, size_t input, size_t nbytes) {
+    auto key = std::make_pair(bucket, input);
+    auto it = staging.find(key);
+    if (it == staging.end()) {
+      EMBER_ASSIGN_OR_RETURN(AlignedBuffer buffer, AllocateAligned(nbytes));
+      it = staging.emplace(key, std::move(buffer)).first;
+    }
+    return it->second.get();
+  }
+
+  Result<std::vector<ffi::Tensor>> Invoke(int64_t bucket, std::vector<ffi::Tensor> args);
+  Status RunChunk(const std::vector<TensorView>& inputs, int64_t offset, int64_t rows,
+                  int64_t total_rows, std::vector<HostTensor>* outputs);
+};
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::~Model() = default;
+
+const Manifest& Model::manifest() const { return impl_->manifest; }
+const std::string& Model::artifact_dir() const { return impl_->dir; }
+
+Result<std::unique_ptr<Model>> Model::Load(const std::string& artifact_dir) {
+  auto impl = std::make_unique<Impl>();
+  impl->dir = artifact_dir;
+  EMBER_ASSIGN_OR_RETURN(impl->manifest, OpenArtifact(artifact_dir));
+  const std::string so_path = JoinPath(artifact_dir, impl->manifest.library);
+  try {
+    impl->library = ffi::Module::LoadFromFile(so_path);
+    auto load_exec = (*impl->library)->GetFunction("vm_load_executable");
+    if (!load_exec.has_value()) {
+      return Status::RuntimeError("'" + so_path + "' is not a Relax VM executable");
+    }
+    impl->vm = (*load_exec)().cast<ffi::Module>();
+    auto init = (*impl->vm)->GetFunction("vm_initialization");
+    if (!init.has_value()) return Status::RuntimeError("VM has no vm_initialization");
+    (*init)(static_cast<int>(kDLCPU), 0, kVmPooledAllocator);
+    std::vector<int64_t> buckets = impl->manifest.batch_sizes;
+    if (buckets.empty()) buckets.push_back(0);
+    for (int64_t bucket : buckets) {
+      const std::string name = impl->manifest.FunctionName(bucket);
+      auto fn = (*impl->vm)->GetFunction(name);
+      if (!fn.has_value()) {
+        return Status::RuntimeError("library '" + so_path + "' has no function '" + name +
+                                    "' listed by the manifest; the artifact is inconsistent");
+      }
+      impl->functions.emplace(bucket, *fn);
+    }
+  } catch (const ffi::Error& err) {
+    return FromTvmError("loading '" + so_path + "' failed", err);
+  }
+  return std::unique_ptr<Model>(new Model(std::move(impl)));
+}
+
+Result<std::pair<std::vector<TensorView>, int64_t>> Model::ValidateInputs(
+    const NamedTensorViews& inputs) const {
+  const Manifest& m = impl_->manifest;
+  std::vector<const TensorView*> ordered(m.inputs.size(), nullptr);
+  for (const auto& [name, view] : inputs) {
+    auto it = std::find_if(m.inputs.begin(), m.inputs.end(),
+                           [&](const TensorSpec& s) { return s.name == name; });
+    if (it == m.inputs.end()) {
+      return Status::InvalidArgument("unknown input '" + name + "'; the model's inputs are: " +
+                                     DescribeSpecs(m.inputs));
+    }
+    const size_t index = static_cast<size_t>(it - m.inputs.begin());
+    if (ordered[index] != nullptr) return Status::InvalidArgument("input '" + name + "' given twice");
+    ordered[index] = &view;
+  }
+  int64_t rows = -1;
+  std::string rows_from;
+  std::vector<TensorView> out;
+  for (size_t i = 0; i < m.inputs.size(); ++i) {
+    const TensorSpec& spec = m.inputs[i];
+    if (ordered[i] == nullptr) {
+      return Status::InvalidArgument("missing input '" + spec.name + "' (expected " +
+                                     spec.ToString() + ")");
+    }
+    const TensorView& view = *ordered[i];
+    if (!SameDType(view.dtype, spec.dtype)) {
+      return Status::InvalidArgument("input '" + spec.name + "': expected dtype " +
+                                     DTypeName(spec.dtype) + ", got " + DTypeName(view.dtype));
+    }
+    if (view.shape.size() != spec.shape.size()) {
+      return Status::InvalidArgument(
+          "input '" + spec.name + "': expected rank " + std::to_string(spec.shape.size()) +
+          " with shape " + ShapeToString(spec.shape) + ", got rank " +
+          std::to_string(view.shape.size()) + " with shape " + ShapeToString(view.shape));
+    }
+    for (size_t d = 0; d < spec.shape.size(); ++d) {
+      if (static_cast<int>(d) == spec.batch_axis) continue;
+      if (view.shape[d] != spec.shape[d]) {
+        return Status::InvalidArgument(
+            "input '" + spec.name + "': dimension " + std::to_string(d) + " must be " +
+            std::to_string(spec.shape[d]) + ", got " + std::to_string(view.shape[d]) +
+            " (expected shape " + ShapeToString(spec.shape) + ", got " +
+            ShapeToString(view.shape) + ")");
+      }
+    }
+    if (spec.has_batch_axis()) {
+      const int64_t n = view.shape[static_cast<size_t>(spec.batch_axis)];
+      if (rows >= 0 && n != rows) {
+        return Status::InvalidArgument("inputs disagree on the batch size: '" + rows_from +
+                                       "' has " + std::to_string(rows) + " rows, '" + spec.name +
+                                       "' has " + std::to_string(n));
+      }
+      rows = n;
+      rows_from = spec.name;
+    }
+    if (view.data == nullptr && view.nbytes() > 0) {
+      return Status::InvalidArgument("input '" + spec.name + "' has no data");
+    }
+    out.push_back(view);
+  }
+  return std::make_pair(std::move(out), rows < 0 ? int64_t{0} : rows);
+}
+
+Result<std::vector<ffi::Tensor>> Model::Impl::Invoke(int64_t bucket,
+                                                     std::vector<ffi::Tensor> args) {
+  std::vector<ffi::AnyView> packed(args.begin(), args.end());
+  ffi::Any result;
+  try {
+    functions.at(bucket).CallPacked(packed.data(), static_cast<int32_t>(packed.size()), &result);
+  } catch (const ffi::Error& err) {
+    return FromTvmError("running '" + manifest.model_name + "' (" + manifest.FunctionName(bucket) +
+                            ") failed",
+                        err);
+  }
+  std::vector<ffi::Tensor> outs;
+  if (auto single = result.try_cast<ffi::Tensor>()) {
+    outs.push_back(*single);
+  } else if (auto tuple = result.try_cast<ffi::Array<ffi::Any>>()) {
+    for (const ffi::Any& item : *tuple) {
+      auto tensor = item.try_cast<ffi::Tensor>();
+      if (!tensor.has_value()) return Status::RuntimeError("model returned a non-tensor output");
+      outs.push_back(*tensor);
+    }
+  } else {
+    return Status::RuntimeError("model returned an unsupported value: " + result.GetTypeKey());
+  }
+  if (outs.size() != manifest.outputs.size()) {
+    return Status::RuntimeError("model returned " + std::to_string(outs.size()) +
+                                " outputs, the manifest declares " +
+                                std::to_string(manifest.outputs.size()));
+  }
+  return outs;
+}
+
+Status Model::Impl::RunChunk(const std::vector<TensorView>& inputs, int64_t offset, int64_t rows,
+                             int64_t total_rows, std::vector<HostTensor>* outputs) {
+  int64_t bucket = 0;
+  if (manifest.has_batch_axis()) {
+    auto it = std::lower_bound(manifest.batch_sizes.begin(), manifest.batch_sizes.end(), rows);
+    bucket = *it;  // callers never pass more rows than the largest bucket
+  }
+  std::vector<ffi::Tensor> args;
+  args.reserve(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const TensorSpec& spec = manifest.inputs[i];
+    const TensorView& view = inputs[i];
+    std::vector<int64_t> shape = spec.ShapeWithBatch(bucket);
+    const bool whole = !spec.has_batch_axis() || (offset == 0 && rows == total_rows && rows == bucket);
+    void* data = const_cast<void*>(view.data);  // TVM takes non-const; inputs are never written
+    if (!whole || !IsAligned(view.data)) {
+      const size_t nbytes = static_cast<size_t>(NumElements(shape)) * DTypeBytes(spec.dtype);
+      EMBER_ASSIGN_OR_RETURN(data, Staging(bucket, i, nbytes));
+      if (spec.has_batch_axis()) {
+        CopyRows(view, spec.batch_axis, offset, data, shape, 0, rows);
+        // Zero the padding rows: the staging buffer still holds an earlier call's rows.
+        ZeroRows(data, spec.dtype, shape, spec.batch_axis, rows, bucket - rows);
+      } else {
+        std::memcpy(data, view.data, view.nbytes());
+      }
+    }
+    args.push_back(ffi::Tensor::FromNDAlloc(BorrowedMemory{data}, ffi::ShapeView(shape.data(), shape.size()),
+                                            spec.dtype, DLDevice{kDLCPU, 0}));
+  }
+  EMBER_ASSIGN_OR_RETURN(std::vector<ffi::Tensor> results, Invoke(bucket, std::move(args)));
+  for (size_t i = 0; i < results.size(); ++i) {
+    const TensorSpec& spec = manifest.outputs[i];
+    const ffi::Tensor& result = results[i];
+    std::vector<int64_t> got(result.shape().begin(), result.shape().end());
+    if (got != spec.ShapeWithBatch(bucket) || !SameDType(result.dtype(), spec.dtype) ||
+        result.device().device_type != kDLCPU || !result.IsContiguous()) {
+      return Status::RuntimeError("output '" + spec.name + "' came back as " +
+                                  DTypeName(result.dtype()) + ShapeToString(got) +
+                                  ", the manifest declares " + spec.ToString());
+    }
+    TensorView src{static_cast<const char*>(result.data_ptr()) + result.byte_offset(), spec.dtype, got};
+    HostTensor& dst = (*outputs)[i];
+    if (spec.has_batch_axis()) {
+      CopyRows(src, spec.batch_axis, 0, dst.data(), dst.shape(), offset, rows);
+    } else if (offset == 0) {
+      std::memcpy(dst.data(), src.data, dst.nbytes());
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<HostTensor>> Model::Run(const NamedTensorViews& inputs) {
+  EMBER_ASSIGN_OR_RETURN(auto validated, ValidateInputs(inputs));
+  const std::vector<TensorView>& views = validated.first;
+  const int64_t rows = validated.second;
+  const Manifest& m = impl_->manifest;
+
+  std::vector<HostTensor> outputs;
+  outputs.reserve(m.outputs.size());
+  for (const TensorSpec& spec : m.outputs) {
+    EMBER_ASSIGN_OR_RETURN(HostTensor out, HostTensor::Allocate(spec.dtype, spec.ShapeWithBatch(rows)));
+    outputs.push_back(std::move(out));
+  }
+  std::lock_guard<std::mutex> lock(impl_->run_mutex);
+  if (!m.has_batch_axis()) {
+    EMBER_RETURN_IF_ERROR(impl_->RunChunk(views, 0, 0, 0, &outputs));
+    return outputs;
+  }
+  const int64_t largest = m.batch_sizes.back();
+  for (int64_t offset = 0; offset < rows; offset += largest) {
+    const int64_t take = std::min(largest, rows - offset);
+    EMBER_RETURN_IF_ERROR(impl_->RunChunk(views, offset, take, rows, &outputs));
+  }
+  return outputs;
+}
+
+}  // namespace ember::runtime

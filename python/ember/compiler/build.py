@@ -1,0 +1,358 @@
+"""`ember.compile`: ONNX -> (prepare per batch bucket) -> Relax -> one TVM library -> Artifact."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ..artifact import (
+    FORMAT_VERSION,
+    LIBRARY_FILE,
+    MANIFEST_FILE,
+    Artifact,
+    TensorSpec,
+    write_checksums,
+)
+from ..errors import CompileError, UnsupportedOperatorError
+from . import onnx_prep
+from .targets import Target, resolve_target
+
+Progress = Callable[[str], None]
+
+
+def _load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, str]:
+    if isinstance(model, onnx.ModelProto):
+        data = model.SerializeToString()
+        return model, data, model.graph.name or "model"
+    path = Path(model)
+    if not path.is_file():
+        raise CompileError(f"model file '{path}' does not exist")
+    data = path.read_bytes()
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError and others
+        raise CompileError(f"'{path}' is not a valid ONNX model: {exc}") from exc
+    if path.with_suffix(path.suffix + ".data").exists() or any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer
+    ):
+        proto = onnx.load(str(path))  # pulls external weight files next to the model
+    return proto, data, proto.graph.name or path.stem
+
+
+def check_supported(model: onnx.ModelProto) -> None:
+    """Raise UnsupportedOperatorError naming the first node TVM's ONNX importer cannot convert."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    convert_map = _get_convert_map()
+    opset = onnx_prep.opset_version(model)
+    for node in model.graph.node:
+        if node.op_type in ("Constant", "If"):
+            continue
+        domain_ok = node.domain in ("", "ai.onnx", "com.microsoft")
+        if not domain_ok or node.op_type not in convert_map:
+            domain = node.domain or "ai.onnx"
+            raise UnsupportedOperatorError(
+                f"node '{node.name or node.output[0]}' uses operator {domain}::{node.op_type} "
+                f"(opset {opset}), which the TVM ONNX importer does not support"
+            )
+
+
+def _failing_node(exc: BaseException) -> onnx.NodeProto | None:
+    tb = exc.__traceback__
+    node = None
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("node")
+        if isinstance(candidate, onnx.NodeProto):
+            node = candidate
+        tb = tb.tb_next
+    return node
+
+
+def _import_relax(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, str]) -> Any:
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the importer warns on every checker nit
+            return from_onnx(
+                model,
+                shape_dict={k: list(v) for k, v in shapes.items()},
+                dtype_dict=dict(dtypes),
+                keep_params_in_input=False,
+            )
+    except Exception as exc:
+        node = _failing_node(exc)
+        opset = onnx_prep.opset_version(model)
+        if node is not None:
+            raise UnsupportedOperatorError(
+                f"node '{node.name or node.output[0]}' (operator {node.op_type}, opset {opset}) "
+                f"could not be imported: {type(exc).__name__}: {exc}"
+            ) from exc
+        raise CompileError(f"TVM could not import the model: {type(exc).__name__}: {exc}") from exc
+
+
+def _output_signature(func: Any) -> list[tuple[tuple[int, ...], str]]:
+    from tvm import relax
+
+    ret = func.ret_ty
+    fields = ret.fields if isinstance(ret, relax.TupleType) else [ret]
+    out = []
+    for sinfo in fields:
+        if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
+            raise CompileError(f"model output has an unsupported type {sinfo}")
+        out.append((tuple(int(d) for d in sinfo.shape.values), str(sinfo.dtype)))
+    return out
+
+
+class _ConstantPool:
+    """Makes equal constants of different bucket functions one object, so the artifact stores each
+    weight once however many buckets it has."""
+
+    def __init__(self) -> None:
+        from tvm import relax
+
+        self._pool: dict[tuple[str, tuple[int, ...], bytes], Any] = {}
+        pool = self._pool
+
+        @relax.expr_functor.mutator
+        class Dedup(relax.PyExprMutator):  # type: ignore[misc]
+            def visit_constant_(self, const: Any) -> Any:
+                array = const.data.numpy()
+                key = (array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).digest())
+                return pool.setdefault(key, const)
+
+        self._mutator = Dedup
+
+    def dedup(self, func: Any) -> Any:
+        return self._mutator().visit_expr(func)
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Redirect fd 2 (TVM's C++ logging) into `path` for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "wb") as sink:
+        os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _host_info() -> dict[str, Any]:
+    from tvm.target import codegen
+
+    from .. import _core
+
+    return {
+        "arch": _core.host_arch(),
+        "cpu": str(codegen.llvm_get_system_cpu()),
+        "cpu_features": sorted(_core.host_cpu_features()),
+        "platform": platform.platform(),
+    }
+
+
+def compile(  # noqa: A001 - ember.compile is the public name
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    target: str | Mapping[str, Any] = "cpu",
+    batch_sizes: Sequence[int] | None = (1, 8, 32),
+    output: str | os.PathLike[str] | None = None,
+    *,
+    input_shapes: Mapping[str, Sequence[int | None]] | None = None,
+    batch_axis: int | Mapping[str, int | None] | None = None,
+    name: str | None = None,
+    progress: Progress | None = None,
+) -> Artifact:
+    """Compile an ONNX model into an artifact directory for `target`, one function per bucket.
+
+    batch_sizes: the buckets to compile (None: the declared shapes, for models without a batch
+    axis). input_shapes: sizes of symbolic dims other than the batch axis, e.g.
+    {"x": (None, 128, 768)}. batch_axis: override the detected batch axis (int or per input).
+    output: the artifact directory (default: ./<model name>.ember).
+    """
+    started = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    proto, source_bytes, default_name = _load_model(model)
+    model_name = name or default_name
+    resolved = resolve_target(target)
+    _check_host_can_build(resolved)
+    batched = batch_sizes is not None
+    buckets = _validate_buckets(batch_sizes)
+    inputs = onnx_prep.graph_inputs(proto)
+    if not inputs:
+        raise CompileError("the model has no inputs")
+    specs = onnx_prep.resolve_input_shapes(inputs, input_shapes, batch_axis, batched)
+    dtypes = {i.name: i.dtype for i in inputs}
+
+    from tvm import IRModule
+
+    combined = IRModule()
+    pool = _ConstantPool()
+    outputs_per_bucket: dict[int, list[tuple[tuple[int, ...], str]]] = {}
+    for bucket in buckets or [0]:
+        shapes = {n: tuple(bucket if d is None else d for d in s) for n, (s, _) in specs.items()}
+        say(f"[ember] importing {model_name} at batch {bucket}" if batched else
+            f"[ember] importing {model_name}")
+        prepared = onnx_prep.prepare(proto, shapes)  # type: ignore[arg-type]
+        check_supported(prepared)
+        mod = _import_relax(prepared, shapes, dtypes)  # type: ignore[arg-type]
+        func = pool.dedup(mod["main"])
+        outputs_per_bucket[bucket] = _output_signature(func)
+        fname = f"main_b{bucket}" if batched else "main"
+        combined[fname] = func.with_attr("global_symbol", fname)
+
+    output_names = [o.name for o in proto.graph.output]
+    out_specs = _output_specs(proto, specs, output_names, outputs_per_bucket, batched)
+    in_specs = [
+        TensorSpec(i.name, i.dtype, specs[i.name][0], specs[i.name][1]) for i in inputs
+    ]
+
+    out_dir = Path(output) if output is not None else Path(f"{model_name}.ember")
+    say(f"[ember] building for {resolved.name} ({resolved.tvm.get('mcpu', 'generic')})")
+    _build_library(combined, resolved, out_dir)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model_name": model_name,
+        "source": {
+            "sha256": hashlib.sha256(source_bytes).hexdigest(),
+            "opset": onnx_prep.opset_version(proto),
+            "producer": proto.producer_name,
+        },
+        "inputs": [s.to_json() for s in in_specs],
+        "outputs": [s.to_json() for s in out_specs],
+        "batch_sizes": list(buckets) if batched else None,
+        "library": LIBRARY_FILE,
+        "target": resolved.to_json(),
+        "precision": "fp32",
+        "tuning": None,
+        "versions": {
+            "ember": _ember_version(),
+            "tvm": metadata.version("apache-tvm"),
+            "tvm_ffi": metadata.version("apache-tvm-ffi"),
+        },
+        "build_host": _host_info(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "compile_seconds": round(time.perf_counter() - started, 3),
+    }
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_checksums(out_dir)
+    say(f"[ember] wrote {out_dir} in {manifest['compile_seconds']:.1f} s")
+    return Artifact(out_dir)
+
+
+def _ember_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _validate_buckets(batch_sizes: Sequence[int] | None) -> list[int]:
+    if batch_sizes is None:
+        return []
+    if isinstance(batch_sizes, int):
+        batch_sizes = [batch_sizes]
+    buckets = sorted(set(batch_sizes))
+    if not buckets or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in buckets):
+        raise CompileError(f"batch_sizes must be positive integers, got {list(batch_sizes)!r}")
+    return buckets
+
+
+def _check_host_can_build(target: Target) -> None:
+    """The compiled library is linked here with the host toolchain: refuse foreign architectures
+    until cross-compilation lands, rather than writing an artifact that cannot be linked."""
+    from .. import _core
+
+    if target.arch != _core.host_arch():
+        raise CompileError(
+            f"cross-compiling for {target.arch} from {_core.host_arch()} is not supported yet"
+        )
+
+
+def _output_specs(
+    proto: onnx.ModelProto,
+    specs: Mapping[str, tuple[tuple[int | None, ...], int | None]],
+    names: Sequence[str],
+    per_bucket: Mapping[int, list[tuple[tuple[int, ...], str]]],
+    batched: bool,
+) -> list[TensorSpec]:
+    buckets = sorted(per_bucket)
+    first = per_bucket[buckets[0]]
+    if len(first) != len(names):
+        raise CompileError(f"the model declares {len(names)} outputs, TVM produced {len(first)}")
+    probe: dict[str, tuple[int, ...] | None] = {}
+    if batched and len(buckets) == 1:
+        # One bucket cannot show which axis scales with the batch: infer shapes at bucket + 1.
+        other = buckets[0] + 1
+        shapes = {n: tuple(other if d is None else d for d in s) for n, (s, _) in specs.items()}
+        probe = onnx_prep.output_shapes(onnx_prep.prepare(proto, shapes))  # type: ignore[arg-type]
+    out = []
+    for k, name in enumerate(names):
+        shape, dtype = first[k]
+        axis: int | None = None
+        if batched:
+            if len(buckets) > 1:
+                second = per_bucket[buckets[1]][k][0]
+                diffs = [d for d in range(len(shape)) if shape[d] != second[d]]
+            else:
+                other_shape = probe.get(name)
+                diffs = (
+                    [d for d in range(len(shape)) if shape[d] != other_shape[d]]
+                    if other_shape is not None and len(other_shape) == len(shape)
+                    else [d for d in range(len(shape)) if shape[d] == buckets[0]][:1]
+                )
+            if len(diffs) > 1:
+                raise CompileError(f"output '{name}' changes in several axes with the batch size")
+            if diffs:
+                axis = diffs[0]
+                for bucket in buckets:
+                    if per_bucket[bucket][k][0][axis] != bucket:
+                        raise CompileError(
+                            f"output '{name}' axis {axis} does not equal the batch size"
+                        )
+        dims = tuple(None if d == axis else int(v) for d, v in enumerate(shape))
+        out.append(TensorSpec(name, dtype, dims, axis))
+    return out
+
+
+def _build_library(mod: Any, target: Target, out_dir: Path) -> None:
+    import tvm
+
+    tvm_target = tvm.target.Target(target.tvm)
+    try:
+        executable = tvm.compile(mod, target=tvm_target)
+    except Exception as exc:
+        raise CompileError(f"TVM failed to compile for {target.name}: {exc}") from exc
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise CompileError(f"output '{out_dir}' exists and is not a directory")
+        for stale in (MANIFEST_FILE, "checksums.json", LIBRARY_FILE):
+            (out_dir / stale).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "export.log"
+        tmp_lib = Path(tmp) / LIBRARY_FILE
+        try:
+            with _stderr_to(log):  # export_library prints "Scope Saving" noise on fd 2
+                executable.export_library(str(tmp_lib))
+        except Exception as exc:
+            detail = log.read_text(errors="replace")[-2000:]
+            raise CompileError(f"linking the compiled library failed: {exc}\n{detail}") from exc
+        shutil.move(str(tmp_lib), out_dir / LIBRARY_FILE)

@@ -1,0 +1,304 @@
+"""ONNX preparation before TVM import: find the batch axis, fix static shapes per batch bucket and
+fold run-time shape subgraphs (Shape -> Gather -> Concat -> Reshape) into constants, which TVM's
+importer rejects. Pure ONNX + numpy: no TVM here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+from onnx.reference import ReferenceEvaluator
+
+from ..errors import CompileError
+
+# Ops whose value is not a function of their inputs; never folded.
+_NON_DETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                      "Multinomial", "Bernoulli"}  # fmt: skip
+# A folded tensor may grow to this many bytes beyond its inputs (e.g. ConstantOfShape, Expand).
+_MAX_FOLD_GROWTH_BYTES = 1 << 20
+_BATCH_NAME = re.compile(r"^(batch|batch_size|n|b|bs|.*batch.*)$", re.IGNORECASE)
+
+ShapeSpec = Sequence[int | None]
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """A graph input as declared: dims are ints or symbol names (None when unnamed)."""
+
+    name: str
+    dtype: str
+    dims: tuple[int | str | None, ...]
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[InputInfo]:
+    """The real inputs of the graph (initializers listed as inputs are weights, not inputs)."""
+    initializers = {t.name for t in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        ttype = vi.type.tensor_type
+        dims: list[int | str | None] = []
+        for d in ttype.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            else:
+                dims.append(d.dim_param or None)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
+        out.append(InputInfo(vi.name, dtype, tuple(dims)))
+    return out
+
+
+def resolve_input_shapes(
+    inputs: Sequence[InputInfo],
+    input_shapes: Mapping[str, ShapeSpec] | None,
+    batch_axis: int | Mapping[str, int | None] | None,
+    batched: bool,
+) -> dict[str, tuple[tuple[int | None, ...], int | None]]:
+    """Per input: its shape with None at the batch axis, and that axis (None when unbatched).
+
+    Symbolic dims other than the batch axis must be given in `input_shapes`; the batch axis is the
+    None in `input_shapes`, the override in `batch_axis`, or the symbol all inputs share.
+    """
+    input_shapes = dict(input_shapes or {})
+    names = {i.name for i in inputs}
+    for key in input_shapes:
+        if key not in names:
+            raise CompileError(
+                f"input_shapes names unknown input '{key}'; inputs are: {sorted(names)}"
+            )
+    explicit_axis: dict[str, int | None] = {}
+    if isinstance(batch_axis, int):
+        explicit_axis = {i.name: batch_axis for i in inputs}
+    elif batch_axis is not None:
+        explicit_axis = dict(batch_axis)
+    batch_symbol = _common_batch_symbol(inputs) if batched else None
+
+    resolved: dict[str, tuple[tuple[int | None, ...], int | None]] = {}
+    for info in inputs:
+        given = input_shapes.get(info.name)
+        if given is not None and len(given) != len(info.dims):
+            raise CompileError(
+                f"input_shapes['{info.name}'] has rank {len(given)} but the model declares "
+                f"{_fmt(info.dims)} (rank {len(info.dims)})"
+            )
+        if info.name in explicit_axis:
+            axis = explicit_axis[info.name]
+        elif given is not None and any(d is None for d in given):
+            axis = [k for k, d in enumerate(given) if d is None][0]
+        elif batch_symbol is not None and batch_symbol in info.dims:
+            axis = info.dims.index(batch_symbol)
+        else:
+            axis = None
+        if not batched:
+            axis = None
+        if axis is not None and not -len(info.dims) <= axis < len(info.dims):
+            raise CompileError(f"batch axis {axis} is out of range for input '{info.name}'")
+        if axis is not None:
+            axis %= len(info.dims)
+        shape: list[int | None] = []
+        for k, dim in enumerate(info.dims):
+            value = given[k] if given is not None else None
+            if k == axis:
+                shape.append(None)
+            elif value is not None:
+                if isinstance(dim, int) and dim != value:
+                    raise CompileError(
+                        f"input_shapes['{info.name}'][{k}] = {value} contradicts the model's "
+                        f"static dimension {dim}"
+                    )
+                shape.append(int(value))
+            elif isinstance(dim, int):
+                shape.append(dim)
+            else:
+                hint = tuple(None if j == axis else "?" for j in range(len(info.dims)))
+                raise CompileError(
+                    f"input '{info.name}' dimension {k} ('{dim or '?'}') is symbolic and not the "
+                    f"batch axis; give its size, e.g. input_shapes={{'{info.name}': {hint}}}"
+                )
+        resolved[info.name] = (tuple(shape), axis)
+    if batched and all(axis is None for _, axis in resolved.values()):
+        raise CompileError(
+            "no input has a batch axis: the model declares static shapes "
+            f"({', '.join(f'{i.name}{_fmt(i.dims)}' for i in inputs)}); pass batch_sizes=None to "
+            "compile them as declared, or name the axis with batch_axis= or input_shapes"
+        )
+    return resolved
+
+
+def _common_batch_symbol(inputs: Sequence[InputInfo]) -> str | None:
+    symbolic = [[d for d in i.dims if isinstance(d, str)] for i in inputs]
+    with_symbols = [s for s in symbolic if s]
+    if not with_symbols:
+        return None
+    common = set(with_symbols[0]).intersection(*map(set, with_symbols[1:]))
+    if not common:
+        return None
+    named = [s for s in common if _BATCH_NAME.match(s)]
+    if len(named) == 1:
+        return named[0]
+    # Otherwise the shared symbol that appears first in the first input.
+    return next(s for s in with_symbols[0] if s in common)
+
+
+def _fmt(dims: Sequence[int | str | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
+    """A copy of `model` whose inputs have the given static shapes, outputs' dims cleared."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for vi in fixed.graph.input:
+        if vi.name in shapes:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for value in shapes[vi.name]:
+                dims.add().dim_value = int(value)
+    # Output and intermediate dims are re-derived by shape inference for these shapes.
+    for vi in fixed.graph.output:
+        for d in vi.type.tensor_type.shape.dim:
+            d.Clear()
+    del fixed.graph.value_info[:]
+    return fixed
+
+
+def _static_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
+    ttype = vi.type.tensor_type
+    if not ttype.HasField("shape"):
+        return None
+    dims = []
+    for d in ttype.shape.dim:
+        if not d.HasField("dim_value"):
+            return None
+        dims.append(int(d.dim_value))
+    return tuple(dims)
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises InferenceError and others
+        raise CompileError(f"ONNX shape inference failed: {exc}") from exc
+
+
+def _evaluate_node(node: onnx.NodeProto, values: Sequence[np.ndarray | None], opset: Sequence[onnx.OperatorSetIdProto]) -> list[np.ndarray]:
+    names = [f"in{k}" if v is not None else "" for k, v in enumerate(values)]
+    single = onnx.NodeProto()
+    single.CopyFrom(node)
+    del single.input[:]
+    single.input.extend(names)
+    inputs = [
+        onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+        for n, v in zip(names, values, strict=True)
+        if v is not None
+    ]
+    outputs = [onnx.helper.make_empty_tensor_value_info(o) for o in node.output if o]
+    graph = onnx.helper.make_graph([single], "fold", inputs, outputs)
+    tiny = onnx.helper.make_model(graph, opset_imports=list(opset))
+    feeds = {n: v for n, v in zip(names, values, strict=True) if v is not None}
+    return [np.asarray(r) for r in ReferenceEvaluator(tiny).run(None, feeds)]
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold every node computable at compile time (constant inputs, or Shape/Size of a statically
+    shaped tensor) into initializers; run shape inference again on the result."""
+    model = _infer(model)
+    graph = model.graph
+    known: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    static: dict[str, tuple[int, ...]] = {}
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        shape = _static_shape(vi)
+        if shape is not None:
+            static[vi.name] = shape
+    kept: list[onnx.NodeProto] = []
+    folded_any = False
+    for node in graph.node:
+        outputs = _fold_node(node, known, static, model.opset_import)
+        if outputs is None:
+            kept.append(node)
+            continue
+        folded_any = True
+        for name, value in zip(node.output, outputs, strict=False):
+            if name:
+                known[name] = value
+    if not folded_any:
+        return model
+    needed = {i for n in kept for i in n.input} | {o.name for o in graph.output}
+    for n in kept:  # inputs used inside subgraphs (If/Loop bodies) count too
+        for attr in n.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                needed |= {i for sub in attr.g.node for i in sub.input}
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.initializer[:]
+    graph.initializer.extend(
+        numpy_helper.from_array(np.ascontiguousarray(v), name)
+        for name, v in known.items()
+        if name in needed
+    )
+    for out in graph.output:
+        if out.name in known and out.name not in {n for k in kept for n in k.output}:
+            # A graph output that folded away is re-emitted by an Identity of its constant.
+            const_name = out.name + "__ember_const"
+            graph.initializer.append(numpy_helper.from_array(known[out.name], const_name))
+            graph.node.append(onnx.helper.make_node("Identity", [const_name], [out.name]))
+    del graph.value_info[:]
+    return _infer(model)
+
+
+def _fold_node(
+    node: onnx.NodeProto,
+    known: Mapping[str, np.ndarray],
+    static: Mapping[str, tuple[int, ...]],
+    opset: Sequence[onnx.OperatorSetIdProto],
+) -> list[np.ndarray] | None:
+    if node.domain not in ("", "ai.onnx") or node.op_type in _NON_DETERMINISTIC:
+        return None
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        return None
+    if node.op_type == "Constant":
+        return _evaluate_node(node, [], opset)
+    if node.op_type in ("Shape", "Size") and node.input[0] in static:
+        shape = static[node.input[0]]
+        if node.op_type == "Size":
+            return [np.array(int(np.prod(shape)), dtype=np.int64)]
+        attrs = {a.name: a.i for a in node.attribute}
+        start, end = attrs.get("start", 0), attrs.get("end", len(shape))
+        return [np.array(shape[start:end], dtype=np.int64)]
+    if not node.input or any(i and i not in known for i in node.input):
+        return None
+    values = [known[i] if i else None for i in node.input]
+    results = _evaluate_node(node, values, opset)
+    input_bytes = sum(v.nbytes for v in values if v is not None)
+    if sum(r.nbytes for r in results) > input_bytes + _MAX_FOLD_GROWTH_BYTES:
+        return None
+    return results
+
+
+def prepare(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
+    """Fix the input shapes and fold shape subgraphs until nothing more folds."""
+    prepared = fix_input_shapes(model, shapes)
+    for _ in range(4):  # folding can expose new static shapes; a few rounds reach a fixed point
+        before = len(prepared.graph.node)
+        prepared = fold_constants(prepared)
+        if len(prepared.graph.node) == before:
+            break
+    return prepared
+
+
+def output_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
+    """Static output shapes after shape inference (None where inference could not tell)."""
+    return {o.name: _static_shape(o) for o in model.graph.output}
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            return int(opset.version)
+    return 1
