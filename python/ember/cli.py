@@ -1,0 +1,179 @@
+"""The `ember` command: compile, run, inspect artifacts, and the demo (the main job end to end)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EmberError
+
+
+def _parse_batch_sizes(text: str) -> list[int] | None:
+    if text.strip().lower() in ("none", "static"):
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch-sizes wants e.g. 1,8,32 or none, got {text!r}") from None
+
+
+def _parse_input_shape(text: str) -> tuple[str, tuple[int | None, ...]]:
+    name, sep, dims = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--input-shape wants NAME=d0,d1,... got {text!r}")
+    try:
+        shape = tuple(None if d.strip().lower() in ("none", "batch", "?") else int(d)
+                      for d in dims.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad dimension in --input-shape {text!r}") from None
+    return name, shape
+
+
+def _parse_input(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--input wants NAME=FILE.npy, got {text!r}")
+    return name, Path(path)
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from .compiler import compile as ember_compile
+
+    target: Any = args.target
+    if target.lstrip().startswith("{"):
+        target = json.loads(target)
+    artifact = ember_compile(
+        args.model,
+        target=target,
+        batch_sizes=args.batch_sizes,
+        output=args.output,
+        input_shapes=dict(args.input_shape) if args.input_shape else None,
+        batch_axis=args.batch_axis,
+        name=args.name,
+        progress=lambda msg: print(msg, file=sys.stderr),
+    )
+    print(artifact.path)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .model import load
+
+    inputs = {}
+    for name, path in args.input:
+        if not path.is_file():
+            raise SystemExit(f"ember run: input file '{path}' does not exist")
+        inputs[name] = np.load(path, allow_pickle=False)
+    model = load(args.artifact)
+    outputs = model.run(inputs)
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for name, value in outputs.items():
+        line = f"{name}: {value.dtype}{list(value.shape)}"
+        if value.size:
+            line += f" min={value.min():.6g} max={value.max():.6g} mean={value.mean():.6g}"
+        if out_dir is not None:
+            np.save(out_dir / f"{name}.npy", value)
+            line += f" -> {out_dir / (name + '.npy')}"
+        print(line)
+    return 0
+
+
+def _table(rows: Sequence[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .artifact import Artifact
+
+    artifact = Artifact(args.artifact)
+    m = artifact.manifest
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    target = m["target"]
+    rows = [
+        ("model", m["model_name"]),
+        ("format", str(m["format_version"])),
+        ("source sha256", m["source"]["sha256"]),
+        ("opset", str(m["source"].get("opset", "?"))),
+        ("target", f"{target['name']} ({target['kind']}, {target['arch']}, "
+                   f"mcpu={target['tvm'].get('mcpu', 'generic')})"),
+        ("needs CPU", ", ".join(target["required_cpu_features"]) or "-"),
+        ("batch buckets", ", ".join(map(str, m["batch_sizes"])) if m["batch_sizes"] else "none"),
+        ("precision", m.get("precision", "fp32")),
+    ]
+    rows += [("input", str(s)) for s in artifact.inputs]
+    rows += [("output", str(s)) for s in artifact.outputs]
+    versions = m["versions"]
+    rows += [
+        ("built with", f"ember {versions['ember']}, TVM {versions['tvm']}, "
+                       f"tvm-ffi {versions['tvm_ffi']}"),
+        ("built on", f"{m['build_host']['arch']} {m['build_host']['cpu']}, {m['created_at']}"),
+        ("compile time", f"{m.get('compile_seconds', 0):.2f} s"),
+    ]
+    print(_table(rows))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ember", description="Compile ONNX models with TVM and run them from ember's C++ core."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="compile an ONNX model into an artifact directory")
+    p.add_argument("model", help="path to the .onnx file")
+    p.add_argument("--target", default="cpu", help="target name or TVM target dict as JSON")
+    p.add_argument("--batch-sizes", type=_parse_batch_sizes, default=[1, 8, 32],
+                   help="batch buckets, e.g. 1,8,32 (or 'none' for the declared shapes)")
+    p.add_argument("--input-shape", type=_parse_input_shape, action="append",
+                   help="sizes of symbolic dims, batch as 'none': x=none,3,224,224 (repeatable)")
+    p.add_argument("--batch-axis", type=int, default=None, help="override the batch axis")
+    p.add_argument("--name", default=None, help="model name in the manifest")
+    p.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("run", help="run an artifact on .npy inputs through the C++ core")
+    p.add_argument("artifact")
+    p.add_argument("--input", type=_parse_input, action="append", required=True,
+                   help="NAME=FILE.npy (repeatable)")
+    p.add_argument("--output-dir", default=None, help="save each output as NAME.npy here")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("info", help="show an artifact's manifest")
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true", help="print the raw manifest")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="train, compile and serve the digits model; compare with ORT")
+    p.add_argument("--workdir", default=None, help="where to write the model and artifact")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EmberError as exc:
+        print(f"ember {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
