@@ -8,8 +8,8 @@ import os as _os
 # logical CPUs (1 on a 2-vCPU machine). Default to every CPU this process may run on.
 _os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0))))
 
-from .artifact import Artifact, TensorSpec  # noqa: E402
-from .errors import (  # noqa: E402
+from .artifact import Artifact, TensorSpec
+from .errors import (
     ArtifactNotFoundError,
     CompileError,
     EmberError,
@@ -21,12 +21,12 @@ from .errors import (  # noqa: E402
     UnknownTargetError,
     UnsupportedOperatorError,
 )
-from .model import Model, load  # noqa: E402
+from .model import Model, load
 
 __version__ = "0.1.0"
 
 
-def compile(*args: object, **kwargs: object) -> Artifact:  # noqa: A001
+def compile(*args: object, **kwargs: object) -> Artifact:
     """Compile an ONNX model into an artifact; see ember.compiler.compile for the parameters."""
     from .compiler import compile as _compile
 

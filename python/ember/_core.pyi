@@ -1,6 +1,5 @@
 """Type stubs for ember._core, the C++ extension (checked against the module by mypy.stubtest)."""
 
-
 import numpy as np
 import numpy.typing as npt
 

@@ -80,7 +80,9 @@ class Artifact:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST_FILE
         if not manifest_path.is_file():
-            raise ArtifactNotFoundError(f"'{self.path}' is not an ember artifact: no {MANIFEST_FILE}")
+            raise ArtifactNotFoundError(
+                f"'{self.path}' is not an ember artifact: no {MANIFEST_FILE}"
+            )
         try:
             self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
         except (ValueError, UnicodeDecodeError) as exc:

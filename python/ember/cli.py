@@ -20,7 +20,9 @@ def _parse_batch_sizes(text: str) -> list[int] | None:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--batch-sizes wants e.g. 1,8,32 or none, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--batch-sizes wants e.g. 1,8,32 or none, got {text!r}"
+        ) from None
 
 
 def _parse_input_shape(text: str) -> tuple[str, tuple[int | None, ...]]:
@@ -28,8 +30,9 @@ def _parse_input_shape(text: str) -> tuple[str, tuple[int | None, ...]]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"--input-shape wants NAME=d0,d1,... got {text!r}")
     try:
-        shape = tuple(None if d.strip().lower() in ("none", "batch", "?") else int(d)
-                      for d in dims.split(","))
+        shape = tuple(
+            None if d.strip().lower() in ("none", "batch", "?") else int(d) for d in dims.split(",")
+        )
     except ValueError:
         raise argparse.ArgumentTypeError(f"bad dimension in --input-shape {text!r}") from None
     return name, shape
@@ -105,8 +108,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("format", str(m["format_version"])),
         ("source sha256", m["source"]["sha256"]),
         ("opset", str(m["source"].get("opset", "?"))),
-        ("target", f"{target['name']} ({target['kind']}, {target['arch']}, "
-                   f"mcpu={target['tvm'].get('mcpu', 'generic')})"),
+        (
+            "target",
+            f"{target['name']} ({target['kind']}, {target['arch']}, "
+            f"mcpu={target['tvm'].get('mcpu', 'generic')})",
+        ),
         ("needs CPU", ", ".join(target["required_cpu_features"]) or "-"),
         ("batch buckets", ", ".join(map(str, m["batch_sizes"])) if m["batch_sizes"] else "none"),
         ("precision", m.get("precision", "fp32")),
@@ -115,8 +121,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     rows += [("output", str(s)) for s in artifact.outputs]
     versions = m["versions"]
     rows += [
-        ("built with", f"ember {versions['ember']}, TVM {versions['tvm']}, "
-                       f"tvm-ffi {versions['tvm_ffi']}"),
+        (
+            "built with",
+            f"ember {versions['ember']}, TVM {versions['tvm']}, tvm-ffi {versions['tvm_ffi']}",
+        ),
         ("built on", f"{m['build_host']['arch']} {m['build_host']['cpu']}, {m['created_at']}"),
         ("compile time", f"{m.get('compile_seconds', 0):.2f} s"),
     ]
@@ -139,10 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile an ONNX model into an artifact directory")
     p.add_argument("model", help="path to the .onnx file")
     p.add_argument("--target", default="cpu", help="target name or TVM target dict as JSON")
-    p.add_argument("--batch-sizes", type=_parse_batch_sizes, default=[1, 8, 32],
-                   help="batch buckets, e.g. 1,8,32 (or 'none' for the declared shapes)")
-    p.add_argument("--input-shape", type=_parse_input_shape, action="append",
-                   help="sizes of symbolic dims, batch as 'none': x=none,3,224,224 (repeatable)")
+    p.add_argument(
+        "--batch-sizes",
+        type=_parse_batch_sizes,
+        default=[1, 8, 32],
+        help="batch buckets, e.g. 1,8,32 (or 'none' for the declared shapes)",
+    )
+    p.add_argument(
+        "--input-shape",
+        type=_parse_input_shape,
+        action="append",
+        help="sizes of symbolic dims, batch as 'none': x=none,3,224,224 (repeatable)",
+    )
     p.add_argument("--batch-axis", type=int, default=None, help="override the batch axis")
     p.add_argument("--name", default=None, help="model name in the manifest")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
@@ -150,8 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run an artifact on .npy inputs through the C++ core")
     p.add_argument("artifact")
-    p.add_argument("--input", type=_parse_input, action="append", required=True,
-                   help="NAME=FILE.npy (repeatable)")
+    p.add_argument(
+        "--input",
+        type=_parse_input,
+        action="append",
+        required=True,
+        help="NAME=FILE.npy (repeatable)",
+    )
     p.add_argument("--output-dir", default=None, help="save each output as NAME.npy here")
     p.set_defaults(func=_cmd_run)
 

@@ -31,11 +31,14 @@ def run_demo(workdir: str | os.PathLike[str] | None = None) -> int:
     proto, _ = digits_mlp()
     onnx_path = out / "digits_mlp.onnx"
     onnx.save(proto, onnx_path)
-    print(f"[demo] trained in {time.perf_counter() - start:.1f} s; "
-          f"{len(data.x_train)} training / {len(data.x_test)} held-out digits")
+    print(
+        f"[demo] trained in {time.perf_counter() - start:.1f} s; "
+        f"{len(data.x_train)} training / {len(data.x_test)} held-out digits"
+    )
 
-    artifact = ember_compile(onnx_path, batch_sizes=(1, 8, 32, 128),
-                             output=out / "digits_mlp.ember", progress=print)
+    artifact = ember_compile(
+        onnx_path, batch_sizes=(1, 8, 32, 128), output=out / "digits_mlp.ember", progress=print
+    )
     model = load(artifact.path)
     x_test = np.ascontiguousarray(data.x_test, dtype=np.float32)
 
@@ -58,8 +61,10 @@ def run_demo(workdir: str | os.PathLike[str] | None = None) -> int:
     print(f"{'':24}{'ember (C++ core)':>18}{'ONNX Runtime':>16}{'ember/ORT':>11}")
     print(f"{'accuracy':24}{accuracy:>18.4f}{ort_accuracy:>16.4f}")
     print(f"{'latency, 1 digit (µs)':24}{ember_b1:>18.1f}{ort_b1:>16.1f}{ember_b1 / ort_b1:>11.2f}")
-    print(f"{f'latency, {n} digits (µs)':24}{ember_all:>18.1f}{ort_all:>16.1f}"
-          f"{ember_all / ort_all:>11.2f}")
+    print(
+        f"{f'latency, {n} digits (µs)':24}{ember_all:>18.1f}{ort_all:>16.1f}"
+        f"{ember_all / ort_all:>11.2f}"
+    )
     print(f"max |ember - ORT| over all logits: {max_diff:.2e} (bound {MAX_ABS_DIFF_VS_ORT:.0e})")
     ok = accuracy >= MIN_ACCURACY and max_diff <= MAX_ABS_DIFF_VS_ORT
     print(f"[demo] {'PASS' if ok else 'FAIL'}: accuracy >= {MIN_ACCURACY} and outputs match ORT")

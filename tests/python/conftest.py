@@ -7,9 +7,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import mlp  # noqa: E402
+from helpers import mlp
 
-import ember  # noqa: E402
+import ember
 
 
 @pytest.fixture(scope="session")

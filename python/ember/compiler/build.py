@@ -35,7 +35,9 @@ from .targets import Target, resolve_target
 Progress = Callable[[str], None]
 
 
-def _load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, str]:
+def _load_model(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+) -> tuple[onnx.ModelProto, bytes, str]:
     if isinstance(model, onnx.ModelProto):
         data = model.SerializeToString()
         return model, data, model.graph.name or "model"
@@ -83,7 +85,9 @@ def _failing_node(exc: BaseException) -> onnx.NodeProto | None:
     return node
 
 
-def _import_relax(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, str]) -> Any:
+def _import_relax(
+    model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, str]
+) -> Any:
     from tvm.relax.frontend.onnx import from_onnx
 
     try:
@@ -119,27 +123,67 @@ def _output_signature(func: Any) -> list[tuple[tuple[int, ...], str]]:
     return out
 
 
-class _ConstantPool:
-    """Makes equal constants of different bucket functions one object, so the artifact stores each
-    weight once however many buckets it has."""
+class _BucketMerger:
+    """Merges the per-bucket modules into one: each bucket's main becomes main_b<N>, helper
+    functions the importer emitted (e.g. PrimFuncs for Clip) are renamed apart or shared when
+    identical, and equal constants become one object so each weight is stored once."""
 
     def __init__(self) -> None:
+        import tvm
         from tvm import relax
 
-        self._pool: dict[tuple[str, tuple[int, ...], bytes], Any] = {}
-        pool = self._pool
+        self.module = tvm.IRModule()
+        constants: dict[tuple[str, tuple[int, ...], bytes], Any] = {}
+        self._helpers: dict[int, list[tuple[Any, Any]]] = {}  # structural hash -> [(gv, func)]
+        self._names: set[str] = set()
 
         @relax.expr_functor.mutator
-        class Dedup(relax.PyExprMutator):  # type: ignore[misc]
+        class Rewriter(relax.PyExprMutator):  # type: ignore[misc]
+            def __init__(self, gv_map: dict[Any, Any]) -> None:
+                super().__init__()
+                self.gv_map = gv_map
+
             def visit_constant_(self, const: Any) -> Any:
                 array = const.data.numpy()
                 key = (array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).digest())
-                return pool.setdefault(key, const)
+                return constants.setdefault(key, const)
 
-        self._mutator = Dedup
+            def visit_global_var_(self, gv: Any) -> Any:
+                return self.gv_map.get(gv, gv)
 
-    def dedup(self, func: Any) -> Any:
-        return self._mutator().visit_expr(func)
+        self._rewriter = Rewriter
+
+    def add(self, mod: Any, name: str) -> Any:
+        """Add `mod`'s main as `name` with its helpers; returns the rewritten main."""
+        import tvm
+        import tvm_ffi
+        from tvm import relax
+
+        gv_map: dict[Any, Any] = {}
+        for gv, func in mod.functions_items():
+            if gv.name_hint == "main":
+                continue
+            digest = tvm_ffi.structural_hash(func)
+            same = [
+                g for g, f in self._helpers.get(digest, []) if tvm_ffi.structural_equal(f, func)
+            ]
+            if same:
+                gv_map[gv] = same[0]
+                continue
+            new_name, k = gv.name_hint, 0
+            while new_name in self._names:
+                k += 1
+                new_name = f"{gv.name_hint}_{k}"
+            self._names.add(new_name)
+            new_gv = tvm.ir.GlobalVar(new_name)
+            relax.expr._update_type(new_gv, gv.ty)  # call sites need the callee's type
+            self.module[new_gv] = func
+            self._helpers.setdefault(digest, []).append((new_gv, func))
+            gv_map[gv] = new_gv
+        main = self._rewriter(gv_map).visit_expr(mod["main"])
+        self.module[name] = main.with_attr("global_symbol", name)
+        self._names.add(name)
+        return main
 
 
 @contextlib.contextmanager
@@ -170,7 +214,7 @@ def _host_info() -> dict[str, Any]:
     }
 
 
-def compile(  # noqa: A001 - ember.compile is the public name
+def compile(
     model: str | os.PathLike[str] | onnx.ModelProto,
     target: str | Mapping[str, Any] = "cpu",
     batch_sizes: Sequence[int] | None = (1, 8, 32),
@@ -202,32 +246,28 @@ def compile(  # noqa: A001 - ember.compile is the public name
     specs = onnx_prep.resolve_input_shapes(inputs, input_shapes, batch_axis, batched)
     dtypes = {i.name: i.dtype for i in inputs}
 
-    from tvm import IRModule
-
-    combined = IRModule()
-    pool = _ConstantPool()
+    merger = _BucketMerger()
     outputs_per_bucket: dict[int, list[tuple[tuple[int, ...], str]]] = {}
     for bucket in buckets or [0]:
         shapes = {n: tuple(bucket if d is None else d for d in s) for n, (s, _) in specs.items()}
-        say(f"[ember] importing {model_name} at batch {bucket}" if batched else
-            f"[ember] importing {model_name}")
-        prepared = onnx_prep.prepare(proto, shapes)  # type: ignore[arg-type]
+        say(
+            f"[ember] importing {model_name} at batch {bucket}"
+            if batched
+            else f"[ember] importing {model_name}"
+        )
+        prepared = onnx_prep.prepare(proto, shapes)
         check_supported(prepared)
-        mod = _import_relax(prepared, shapes, dtypes)  # type: ignore[arg-type]
-        func = pool.dedup(mod["main"])
+        mod = _import_relax(prepared, shapes, dtypes)
+        func = merger.add(mod, f"main_b{bucket}" if batched else "main")
         outputs_per_bucket[bucket] = _output_signature(func)
-        fname = f"main_b{bucket}" if batched else "main"
-        combined[fname] = func.with_attr("global_symbol", fname)
 
     output_names = [o.name for o in proto.graph.output]
     out_specs = _output_specs(proto, specs, output_names, outputs_per_bucket, batched)
-    in_specs = [
-        TensorSpec(i.name, i.dtype, specs[i.name][0], specs[i.name][1]) for i in inputs
-    ]
+    in_specs = [TensorSpec(i.name, i.dtype, specs[i.name][0], specs[i.name][1]) for i in inputs]
 
     out_dir = Path(output) if output is not None else Path(f"{model_name}.ember")
     say(f"[ember] building for {resolved.name} ({resolved.tvm.get('mcpu', 'generic')})")
-    _build_library(combined, resolved, out_dir)
+    _build_library(merger.module, resolved, out_dir)
     manifest = {
         "format_version": FORMAT_VERSION,
         "model_name": model_name,
@@ -302,7 +342,7 @@ def _output_specs(
         # One bucket cannot show which axis scales with the batch: infer shapes at bucket + 1.
         other = buckets[0] + 1
         shapes = {n: tuple(other if d is None else d for d in s) for n, (s, _) in specs.items()}
-        probe = onnx_prep.output_shapes(onnx_prep.prepare(proto, shapes))  # type: ignore[arg-type]
+        probe = onnx_prep.output_shapes(onnx_prep.prepare(proto, shapes))
     out = []
     for k, name in enumerate(names):
         shape, dtype = first[k]

@@ -90,7 +90,7 @@ def resolve_input_shapes(
         if info.name in explicit_axis:
             axis = explicit_axis[info.name]
         elif given is not None and any(d is None for d in given):
-            axis = [k for k, d in enumerate(given) if d is None][0]
+            axis = next(k for k, d in enumerate(given) if d is None)
         elif batch_symbol is not None and batch_symbol in info.dims:
             axis = info.dims.index(batch_symbol)
         else:
@@ -150,7 +150,9 @@ def _fmt(dims: Sequence[int | str | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def fix_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
+def fix_input_shapes(
+    model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]
+) -> onnx.ModelProto:
     """A copy of `model` whose inputs have the given static shapes, outputs' dims cleared."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
@@ -187,14 +189,20 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
         raise CompileError(f"ONNX shape inference failed: {exc}") from exc
 
 
-def _evaluate_node(node: onnx.NodeProto, values: Sequence[np.ndarray | None], opset: Sequence[onnx.OperatorSetIdProto]) -> list[np.ndarray]:
+def _evaluate_node(
+    node: onnx.NodeProto,
+    values: Sequence[np.ndarray | None],
+    opset: Sequence[onnx.OperatorSetIdProto],
+) -> list[np.ndarray]:
     names = [f"in{k}" if v is not None else "" for k, v in enumerate(values)]
     single = onnx.NodeProto()
     single.CopyFrom(node)
     del single.input[:]
     single.input.extend(names)
     inputs = [
-        onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+        onnx.helper.make_tensor_value_info(
+            n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape
+        )
         for n, v in zip(names, values, strict=True)
         if v is not None
     ]
@@ -260,7 +268,9 @@ def _fold_node(
 ) -> list[np.ndarray] | None:
     if node.domain not in ("", "ai.onnx") or node.op_type in _NON_DETERMINISTIC:
         return None
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+    ):
         return None
     if node.op_type == "Constant":
         return _evaluate_node(node, [], opset)

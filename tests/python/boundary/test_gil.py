@@ -13,8 +13,11 @@ import ember
 
 
 def test_python_threads_progress_while_the_core_runs(tmp_path: Path) -> None:
-    artifact = ember.compile(mlp(in_features=512, hidden=1024, out_features=512),
-                             batch_sizes=(256,), output=tmp_path / "big")
+    artifact = ember.compile(
+        mlp(in_features=512, hidden=1024, out_features=512),
+        batch_sizes=(256,),
+        output=tmp_path / "big",
+    )
     model = ember.load(artifact.path)
     x = np.ones((256, 512), np.float32)
     model.run({"x": x})  # warm up
