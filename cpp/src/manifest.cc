@@ -76,17 +76,23 @@ Result<std::vector<TensorSpec>> ParseSpecs(const json::Object& root, const std::
     TensorSpec spec;
     EMBER_ASSIGN_OR_RETURN(spec.name, StringField(obj, "name", where));
     EMBER_ASSIGN_OR_RETURN(std::string dtype, StringField(obj, "dtype", where));
-    EMBER_ASSIGN_OR_RETURN(spec.dtype, ParseDType(dtype));
+    Result<DLDataType> parsed_dtype = ParseDType(dtype);
+    if (!parsed_dtype.ok()) {
+      return Status::InvalidArgument("manifest: field '" + where + "dtype': " +
+                                     parsed_dtype.status().message());
+    }
+    spec.dtype = parsed_dtype.value();
     EMBER_ASSIGN_OR_RETURN(json::Array shape, ArrayField(obj, "shape", where));
     EMBER_ASSIGN_OR_RETURN(spec.shape, IntList(shape, where + "shape"));
     EMBER_ASSIGN_OR_RETURN(int64_t batch_axis, IntField(obj, "batch_axis", where));
-    spec.batch_axis = static_cast<int>(batch_axis);
     const int rank = static_cast<int>(spec.shape.size());
-    if (spec.batch_axis >= rank || spec.batch_axis < -1 || (spec.batch_axis >= 0 && !batched)) {
+    // Range-check the int64 before narrowing it, so that e.g. 2^32 cannot wrap around to 0.
+    if (batch_axis >= rank || batch_axis < -1 || (batch_axis >= 0 && !batched)) {
       return Status::InvalidArgument("manifest: " + where + "batch_axis " +
-                                     std::to_string(spec.batch_axis) + " is invalid for " +
+                                     std::to_string(batch_axis) + " is invalid for " +
                                      spec.ToString());
     }
+    spec.batch_axis = static_cast<int>(batch_axis);
     for (int d = 0; d < rank; ++d) {
       const bool is_batch = d == spec.batch_axis;
       const int64_t dim = spec.shape[static_cast<size_t>(d)];
@@ -124,12 +130,13 @@ Result<Manifest> ParseManifest(const std::string& json_text) {
 
   Manifest m;
   EMBER_ASSIGN_OR_RETURN(int64_t format_version, IntField(root, "format_version"));
-  m.format_version = static_cast<int>(format_version);
-  if (m.format_version != kManifestFormatVersion) {
-    return Status::Incompatible("artifact format version " + std::to_string(m.format_version) +
+  // Compared before narrowing to int, so that e.g. 2^32 + 1 cannot pass as version 1.
+  if (format_version != kManifestFormatVersion) {
+    return Status::Incompatible("artifact format version " + std::to_string(format_version) +
                                 " is not supported by this runtime (expects " +
                                 std::to_string(kManifestFormatVersion) + ")");
   }
+  m.format_version = static_cast<int>(format_version);
   EMBER_ASSIGN_OR_RETURN(m.model_name, StringField(root, "model_name"));
   EMBER_ASSIGN_OR_RETURN(m.library, StringField(root, "library"));
 
