@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "ember/artifact.h"
+#include "ember/kernels/dnnl_kernels.h"
 
 namespace ember::runtime {
 namespace {
@@ -78,6 +79,7 @@ const Manifest& Model::manifest() const { return impl_->manifest; }
 const std::string& Model::artifact_dir() const { return impl_->dir; }
 
 Result<std::unique_ptr<Model>> Model::Load(const std::string& artifact_dir) {
+  kernels::RegisterDnnlKernels();  // before the VM resolves the ember.dnnl.* calls it makes
   auto impl = std::make_unique<Impl>();
   impl->dir = artifact_dir;
   EMBER_ASSIGN_OR_RETURN(impl->manifest, OpenArtifact(artifact_dir));

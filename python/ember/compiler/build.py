@@ -143,8 +143,8 @@ class _BucketMerger:
                 super().__init__()
                 self.gv_map = gv_map
 
-            def visit_constant_(self, const: Any) -> Any:
-                array = const.data.numpy()
+            def visit_generic_const_(self, const: Any) -> Any:
+                array = const.value.numpy()
                 key = (array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).digest())
                 return constants.setdefault(key, const)
 
@@ -223,6 +223,7 @@ def compile(
     input_shapes: Mapping[str, Sequence[int | None]] | None = None,
     batch_axis: int | Mapping[str, int | None] | None = None,
     name: str | None = None,
+    kernel_library: str | None = "auto",
     progress: Progress | None = None,
 ) -> Artifact:
     """Compile an ONNX model into an artifact directory for `target`, one function per bucket.
@@ -230,7 +231,9 @@ def compile(
     batch_sizes: the buckets to compile (None: the declared shapes, for models without a batch
     axis). input_shapes: sizes of symbolic dims other than the batch axis, e.g.
     {"x": (None, 128, 768)}. batch_axis: override the detected batch axis (int or per input).
-    output: the artifact directory (default: ./<model name>.ember).
+    output: the artifact directory (default: ./<model name>.ember). kernel_library: "dnnl" sends
+    conv/matmul to oneDNN kernels in the C++ core, None keeps everything in TVM, "auto" picks
+    oneDNN on x86-64.
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -238,6 +241,7 @@ def compile(
     model_name = name or default_name
     resolved = resolve_target(target)
     _check_host_can_build(resolved)
+    library = _choose_kernel_library(kernel_library, resolved)
     batched = batch_sizes is not None
     buckets = _validate_buckets(batch_sizes)
     inputs = onnx_prep.graph_inputs(proto)
@@ -265,9 +269,16 @@ def compile(
     out_specs = _output_specs(proto, specs, output_names, outputs_per_bucket, batched)
     in_specs = [TensorSpec(i.name, i.dtype, specs[i.name][0], specs[i.name][1]) for i in inputs]
 
+    module, library_calls = merger.module, 0
+    if library == "dnnl":
+        from .dispatch import dispatch_to_dnnl
+
+        module, counts = dispatch_to_dnnl(module)
+        library_calls = sum(counts.values())
+        say(f"[ember] {library_calls} conv/matmul chains dispatched to oneDNN")
     out_dir = Path(output) if output is not None else Path(f"{model_name}.ember")
     say(f"[ember] building for {resolved.name} ({resolved.tvm.get('mcpu', 'generic')})")
-    _build_library(merger.module, resolved, out_dir)
+    _build_library(module, resolved, out_dir)
     manifest = {
         "format_version": FORMAT_VERSION,
         "model_name": model_name,
@@ -282,6 +293,7 @@ def compile(
         "library": LIBRARY_FILE,
         "target": resolved.to_json(),
         "precision": "fp32",
+        "kernel_library": {"name": library, "calls": library_calls} if library else None,
         "tuning": None,
         "versions": {
             "ember": _ember_version(),
@@ -302,6 +314,18 @@ def _ember_version() -> str:
     from .. import __version__
 
     return __version__
+
+
+def _choose_kernel_library(requested: str | None, target: Target) -> str | None:
+    if requested is None:
+        return None
+    if requested not in ("auto", "dnnl"):
+        raise CompileError(f"kernel_library must be 'auto', 'dnnl' or None, got {requested!r}")
+    if target.arch == "x86_64":
+        return "dnnl"
+    if requested == "dnnl":
+        raise CompileError(f"the oneDNN kernels are built for x86-64 only, not {target.arch}")
+    return None
 
 
 def _validate_buckets(batch_sizes: Sequence[int] | None) -> list[int]:

@@ -1,0 +1,343 @@
+#include "ember/kernels/dnnl_kernels.h"
+
+#include <dlpack/dlpack.h>
+#include <tvm/ffi/any.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/function.h>
+#include <tvm/ffi/reflection/registry.h>
+
+#include <cstdint>
+#include <dnnl.hpp>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+namespace ember::kernels {
+namespace {
+
+namespace ffi = tvm::ffi;
+using dnnl::memory;
+using Dims = memory::dims;
+using Tag = memory::format_tag;
+constexpr auto kF32 = memory::data_type::f32;
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::stream& ThreadStream() {
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
+// Primitives use user-managed scratchpads taken from a per-thread buffer, so that concurrent
+// executions of one cached primitive never share scratch memory.
+void* ThreadScratchpad(size_t nbytes) {
+  thread_local std::vector<char> buffer;
+  if (buffer.size() < nbytes) buffer.resize(nbytes);
+  return buffer.data();
+}
+
+const DLTensor* TensorArg(const ffi::PackedArgs& args, int i, const char* kernel) {
+  const DLTensor* t = args[i].cast<DLTensor*>();  // throws TypeError for a non-tensor
+  if (t->device.device_type != kDLCPU || t->dtype.code != kDLFloat || t->dtype.bits != 32 ||
+      t->dtype.lanes != 1) {
+    TVM_FFI_THROW(TypeError) << kernel << ": argument " << i << " must be a float32 CPU tensor";
+  }
+  if (t->strides != nullptr) {
+    int64_t expected = 1;
+    for (int d = t->ndim - 1; d >= 0; --d) {
+      if (t->shape[d] != 1 && t->strides[d] != expected) {
+        TVM_FFI_THROW(ValueError) << kernel << ": argument " << i << " must be contiguous";
+      }
+      expected *= t->shape[d];
+    }
+  }
+  return t;
+}
+
+void* DataOf(const DLTensor* t) { return static_cast<char*>(t->data) + t->byte_offset; }
+
+Dims ShapeOf(const DLTensor* t) { return Dims(t->shape, t->shape + t->ndim); }
+
+Dims RowMajorStrides(const Dims& dims) {
+  Dims strides(dims.size(), 1);
+  for (size_t d = dims.size(); d-- > 1;) strides[d - 1] = strides[d] * dims[d];
+  return strides;
+}
+
+memory::desc PlainDesc(const Dims& dims) { return memory::desc(dims, kF32, RowMajorStrides(dims)); }
+
+dnnl::post_ops MakePostOps(bool has_residual, const memory::desc& residual_md, int activation,
+                           float alpha, float beta) {
+  dnnl::post_ops ops;
+  if (has_residual) ops.append_binary(dnnl::algorithm::binary_add, residual_md);
+  using dnnl::algorithm;
+  switch (static_cast<Activation>(activation)) {
+    case Activation::kNone: break;
+    case Activation::kRelu: ops.append_eltwise(algorithm::eltwise_relu, 0.f, 0.f); break;
+    case Activation::kGeluErf: ops.append_eltwise(algorithm::eltwise_gelu_erf, 0.f, 0.f); break;
+    case Activation::kGeluTanh: ops.append_eltwise(algorithm::eltwise_gelu_tanh, 0.f, 0.f); break;
+    case Activation::kClip: ops.append_eltwise(algorithm::eltwise_clip, alpha, beta); break;
+    case Activation::kSigmoid: ops.append_eltwise(algorithm::eltwise_logistic, 0.f, 0.f); break;
+    case Activation::kTanh: ops.append_eltwise(algorithm::eltwise_tanh, 0.f, 0.f); break;
+    default: TVM_FFI_THROW(ValueError) << "unknown activation code " << activation;
+  }
+  return ops;
+}
+
+dnnl::primitive_attr MakeAttr(const dnnl::post_ops& ops) {
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(ops);
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// A built primitive plus, for constant weights, the weights reordered once into its layout.
+struct CachedPrimitive {
+  dnnl::primitive primitive;
+  memory::desc src_md, weights_md, bias_md, dst_md, residual_md, scratchpad_md;
+  std::shared_ptr<memory> packed_weights;  // null when the weights are a runtime input
+};
+
+using PrimitiveKey = std::tuple<std::string, int64_t, std::vector<int64_t>>;
+
+struct KernelCache {
+  std::mutex mutex;
+  std::map<PrimitiveKey, std::shared_ptr<const CachedPrimitive>> primitives;
+  // Prepacked weights shared by every primitive (e.g. each batch bucket) wanting the same layout:
+  // weight id -> (layout, packed memory).
+  std::map<int64_t, std::vector<std::pair<memory::desc, std::shared_ptr<memory>>>> packed;
+};
+
+KernelCache& Cache() {
+  static KernelCache cache;
+  return cache;
+}
+
+// Returns the cached entry for `key`, building it on a miss. Building happens under the lock:
+// misses are rare (first call per shape) and building twice would repeat a weight reorder.
+template <typename Build>
+std::shared_ptr<const CachedPrimitive> GetOrBuild(const PrimitiveKey& key, Build&& build) {
+  KernelCache& cache = Cache();
+  std::lock_guard<std::mutex> lock(cache.mutex);
+  auto it = cache.primitives.find(key);
+  if (it != cache.primitives.end()) return it->second;
+  auto entry = std::make_shared<const CachedPrimitive>(build());
+  cache.primitives.emplace(key, entry);
+  return entry;
+}
+
+// Reorders constant weights from their plain layout into `packed_md`, once per weight and layout.
+// Called with the cache lock held.
+std::shared_ptr<memory> PackWeights(int64_t weight_id, const memory::desc& user_md, void* data,
+                                    const memory::desc& packed_md) {
+  auto& layouts = Cache().packed[weight_id];
+  for (const auto& [md, mem] : layouts) {
+    if (md == packed_md) return mem;
+  }
+  auto packed = std::make_shared<memory>(packed_md, Engine());
+  memory user(user_md, Engine(), data);
+  dnnl::stream stream(Engine());
+  dnnl::reorder(user, *packed).execute(stream, user, *packed);
+  stream.wait();
+  layouts.emplace_back(packed_md, packed);
+  return packed;
+}
+
+void Execute(const CachedPrimitive& p, std::unordered_map<int, memory>& args) {
+  const size_t scratch_bytes = p.scratchpad_md.get_size();
+  if (scratch_bytes > 0) {
+    args.emplace(DNNL_ARG_SCRATCHPAD,
+                 memory(p.scratchpad_md, Engine(), ThreadScratchpad(scratch_bytes)));
+  }
+  p.primitive.execute(ThreadStream(), args);
+  ThreadStream().wait();
+}
+
+template <typename Fn>
+void Guarded(const char* kernel, Fn&& fn) {
+  try {
+    fn();
+  } catch (const dnnl::error& err) {
+    TVM_FFI_THROW(RuntimeError) << kernel << ": oneDNN error " << static_cast<int>(err.status)
+                                << ": " << err.what();
+  }
+}
+
+// ember.dnnl.conv2d(x[N,H,W,C], w[O,KH,KW,C/groups], bias[O], residual[N,OH,OW,O],
+//   stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups,
+//   has_bias, has_residual, activation, weight_id, alpha, beta, out[N,OH,OW,O])
+// Weights are constants: prepacked once per weight_id (a content hash from the compiler).
+void Conv2d(ffi::PackedArgs args, ffi::Any* /*rv*/) {
+  constexpr const char* kName = "ember.dnnl.conv2d";
+  if (args.size() != 20) TVM_FFI_THROW(ValueError) << kName << ": expects 20 arguments";
+  const DLTensor* x = TensorArg(args, 0, kName);
+  const DLTensor* w = TensorArg(args, 1, kName);
+  const DLTensor* out = TensorArg(args, 19, kName);
+  int64_t ints[13];
+  for (int i = 0; i < 13; ++i) ints[i] = args[4 + i].cast<int64_t>();
+  const auto [sh, sw, pt, pl, pb, pr, dh, dw, groups, has_bias, has_res, act, weight_id] =
+      std::tuple{ints[0], ints[1], ints[2], ints[3], ints[4], ints[5], ints[6], ints[7], ints[8],
+                 ints[9], ints[10], ints[11], ints[12]};
+  const auto alpha = static_cast<float>(args[17].cast<double>());
+  const auto beta = static_cast<float>(args[18].cast<double>());
+  const DLTensor* bias = has_bias ? TensorArg(args, 2, kName) : nullptr;
+  const DLTensor* residual = has_res ? TensorArg(args, 3, kName) : nullptr;
+  if (x->ndim != 4 || w->ndim != 4 || out->ndim != 4) {
+    TVM_FFI_THROW(ValueError) << kName << ": expects 4-d NHWC input/output and OHWI weights";
+  }
+  const int64_t n = x->shape[0], h = x->shape[1], wd = x->shape[2], c = x->shape[3];
+  const int64_t o = w->shape[0], kh = w->shape[1], kw = w->shape[2];
+  const int64_t oh = out->shape[1], ow = out->shape[2];
+
+  std::vector<int64_t> key_dims{n, h, wd, c, o, kh, kw, oh, ow, sh, sw, pt, pl, pb, pr,
+                                dh, dw, groups, has_bias, has_res, act};
+  key_dims.push_back(static_cast<int64_t>(alpha * 1e6));
+  key_dims.push_back(static_cast<int64_t>(beta * 1e6));
+  Guarded(kName, [&] {
+    auto prim = GetOrBuild({"conv2d", weight_id, key_dims}, [&] {
+      CachedPrimitive p;
+      p.src_md = memory::desc({n, c, h, wd}, kF32, Tag::nhwc);
+      p.dst_md = memory::desc({n, o, oh, ow}, kF32, Tag::nhwc);
+      memory::desc user_w;
+      Dims w_dims;
+      if (groups == 1) {
+        w_dims = {o, c, kh, kw};
+        user_w = memory::desc(w_dims, kF32, Tag::ohwi);
+      } else {
+        w_dims = {groups, o / groups, c / groups, kh, kw};
+        user_w = memory::desc(w_dims, kF32, Tag::gohwi);
+      }
+      p.bias_md = has_bias ? memory::desc({o}, kF32, Tag::a) : memory::desc();
+      p.residual_md = p.dst_md;
+      auto attr = MakeAttr(MakePostOps(has_res != 0, p.residual_md, static_cast<int>(act), alpha, beta));
+      auto pd = dnnl::convolution_forward::primitive_desc(
+          Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+          p.src_md, memory::desc(w_dims, kF32, Tag::any), p.bias_md, p.dst_md, {sh, sw},
+          {dh - 1, dw - 1}, {pt, pl}, {pb, pr}, attr);
+      p.weights_md = pd.weights_desc();
+      p.scratchpad_md = pd.scratchpad_desc();
+      p.primitive = dnnl::convolution_forward(pd);
+      p.packed_weights = PackWeights(weight_id, user_w, DataOf(w), p.weights_md);
+      return p;
+    });
+    std::unordered_map<int, memory> margs{
+        {DNNL_ARG_SRC, memory(prim->src_md, Engine(), DataOf(x))},
+        {DNNL_ARG_WEIGHTS, *prim->packed_weights},
+        {DNNL_ARG_DST, memory(prim->dst_md, Engine(), DataOf(out))}};
+    if (bias) margs.emplace(DNNL_ARG_BIAS, memory(prim->bias_md, Engine(), DataOf(bias)));
+    if (residual) {
+      margs.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
+                    memory(prim->residual_md, Engine(), DataOf(residual)));
+    }
+    Execute(*prim, margs);
+  });
+}
+
+// ember.dnnl.matmul(a[..., M, K], b[..., K, N], bias[N], residual[..., M, N],
+//   b_is_constant, has_bias, has_residual, activation, weight_id, alpha, beta, out[..., M, N])
+// Leading (batch) dims broadcast as in numpy. A constant 2-d `b` is prepacked once per weight_id
+// and `a`'s leading dims are folded into M.
+void Matmul(ffi::PackedArgs args, ffi::Any* /*rv*/) {
+  constexpr const char* kName = "ember.dnnl.matmul";
+  if (args.size() != 12) TVM_FFI_THROW(ValueError) << kName << ": expects 12 arguments";
+  const DLTensor* a = TensorArg(args, 0, kName);
+  const DLTensor* b = TensorArg(args, 1, kName);
+  const DLTensor* out = TensorArg(args, 11, kName);
+  const int64_t b_const = args[4].cast<int64_t>(), has_bias = args[5].cast<int64_t>();
+  const int64_t has_res = args[6].cast<int64_t>(), act = args[7].cast<int64_t>();
+  const int64_t weight_id = args[8].cast<int64_t>();
+  const auto alpha = static_cast<float>(args[9].cast<double>());
+  const auto beta = static_cast<float>(args[10].cast<double>());
+  const DLTensor* bias = has_bias ? TensorArg(args, 2, kName) : nullptr;
+  const DLTensor* residual = has_res ? TensorArg(args, 3, kName) : nullptr;
+  if (a->ndim < 2 || b->ndim < 2 || out->ndim < 2) {
+    TVM_FFI_THROW(ValueError) << kName << ": operands must have rank >= 2";
+  }
+  const int64_t k = a->shape[a->ndim - 1];
+  const int64_t n = b->shape[b->ndim - 1];
+  const bool fold_batch = b_const && b->ndim == 2;
+
+  Dims a_dims, b_dims, out_dims;
+  if (fold_batch) {
+    int64_t m = 1;
+    for (int d = 0; d < a->ndim - 1; ++d) m *= a->shape[d];
+    a_dims = {m, k};
+    b_dims = {k, n};
+    out_dims = {m, n};
+  } else {
+    const size_t rank = static_cast<size_t>(out->ndim);
+    auto pad = [rank](const DLTensor* t) {
+      Dims dims(rank - static_cast<size_t>(t->ndim), 1);
+      dims.insert(dims.end(), t->shape, t->shape + t->ndim);
+      return dims;
+    };
+    a_dims = pad(a);
+    b_dims = pad(b);
+    out_dims = ShapeOf(out);
+  }
+  std::vector<int64_t> key_dims = a_dims;
+  key_dims.insert(key_dims.end(), b_dims.begin(), b_dims.end());
+  key_dims.insert(key_dims.end(), {b_const, has_bias, has_res, act,
+                                   static_cast<int64_t>(alpha * 1e6),
+                                   static_cast<int64_t>(beta * 1e6)});
+  Guarded(kName, [&] {
+    auto prim = GetOrBuild({"matmul", b_const ? weight_id : 0, key_dims}, [&] {
+      CachedPrimitive p;
+      p.src_md = PlainDesc(a_dims);
+      p.dst_md = PlainDesc(out_dims);
+      p.residual_md = p.dst_md;
+      if (has_bias) {
+        Dims bias_dims(out_dims.size(), 1);
+        bias_dims.back() = n;
+        p.bias_md = PlainDesc(bias_dims);
+      }
+      auto attr = MakeAttr(MakePostOps(has_res != 0, p.residual_md, static_cast<int>(act), alpha, beta));
+      memory::desc wanted_w = b_const ? memory::desc(b_dims, kF32, Tag::any) : PlainDesc(b_dims);
+      auto pd = dnnl::matmul::primitive_desc(Engine(), p.src_md, wanted_w, p.bias_md, p.dst_md, attr);
+      p.weights_md = pd.weights_desc();
+      p.scratchpad_md = pd.scratchpad_desc();
+      p.primitive = dnnl::matmul(pd);
+      if (b_const) p.packed_weights = PackWeights(weight_id, PlainDesc(b_dims), DataOf(b), p.weights_md);
+      return p;
+    });
+    std::unordered_map<int, memory> margs{
+        {DNNL_ARG_SRC, memory(prim->src_md, Engine(), DataOf(a))},
+        {DNNL_ARG_DST, memory(prim->dst_md, Engine(), DataOf(out))}};
+    if (prim->packed_weights) {
+      margs.emplace(DNNL_ARG_WEIGHTS, *prim->packed_weights);
+    } else {
+      margs.emplace(DNNL_ARG_WEIGHTS, memory(prim->weights_md, Engine(), DataOf(b)));
+    }
+    if (bias) margs.emplace(DNNL_ARG_BIAS, memory(prim->bias_md, Engine(), DataOf(bias)));
+    if (residual) {
+      margs.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
+                    memory(prim->residual_md, Engine(), DataOf(residual)));
+    }
+    Execute(*prim, margs);
+  });
+}
+
+}  // namespace
+
+void RegisterDnnlKernels() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    namespace refl = tvm::ffi::reflection;
+    refl::GlobalDef().def_packed("ember.dnnl.conv2d", Conv2d).def_packed("ember.dnnl.matmul", Matmul);
+  });
+}
+
+size_t DnnlCachedPrimitives() {
+  std::lock_guard<std::mutex> lock(Cache().mutex);
+  return Cache().primitives.size();
+}
+
+}  // namespace ember::kernels

@@ -1,0 +1,379 @@
+"""Library dispatch: rewrite conv2d and matmul (with their bias, residual add and activation) into
+`R.call_dps_packed` calls of oneDNN kernels registered by ember's C++ core (ember.dnnl.*).
+
+Convolutions are first converted to NHWC/OHWI, the layout oneDNN's direct kernels want, and
+constants folded so that biases and weights are plain constants the kernels can prepack once.
+Argument lists here must match cpp/src/kernels/dnnl_kernels.cc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Activation codes shared with cpp/include/ember/kernels/dnnl_kernels.h.
+ACT_NONE, ACT_RELU, ACT_GELU_ERF, ACT_GELU_TANH, ACT_CLIP, ACT_SIGMOID, ACT_TANH = range(7)
+_FLOAT_MAX = 3.4e38
+
+
+@dataclass
+class _Fusion:
+    """One library call: the anchor op plus the chain of single-use consumers folded into it."""
+
+    kind: str  # "conv2d" | "matmul"
+    anchor: Any  # the anchor's Call
+    members: list[Any] = field(default_factory=list)  # chain vars, anchor first, output last
+    bias: np.ndarray | None = None
+    residual: Any = None
+    activation: tuple[int, float, float] = (ACT_NONE, 0.0, 0.0)
+
+
+def _op(call: Any, name: str) -> bool:
+    import tvm
+    from tvm import relax
+
+    return isinstance(call, relax.Call) and call.op.same_as(tvm.ir.Op.get(name))
+
+
+def _const(expr: Any) -> np.ndarray | None:
+    import tvm
+
+    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
+
+
+def _tensor_type(expr: Any) -> tuple[tuple[int, ...], str] | None:
+    from tvm import relax
+
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    try:
+        return tuple(int(d) for d in ty.shape.values), str(ty.dtype)
+    except (TypeError, ValueError):  # symbolic dims
+        return None
+
+
+def _weight_id(array: np.ndarray) -> int:
+    digest = hashlib.sha256(array.tobytes() + str(array.shape).encode()).digest()
+    return int.from_bytes(digest[:8], "little", signed=True)
+
+
+class _Planner:
+    """Finds fusions in one Relax function's dataflow blocks."""
+
+    def __init__(self, func: Any) -> None:
+        from tvm import relax
+
+        self.values: dict[Any, Any] = {}
+        self.users: dict[Any, list[Any]] = {}
+        self.taken: set[Any] = set()  # vars already inside a fusion
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                if not isinstance(binding, relax.VarBinding):
+                    continue
+                self.values[binding.var] = binding.value
+                for used in self._vars_in(binding.value):
+                    self.users.setdefault(used, []).append(binding.var)
+        for used in self._vars_in(func.body.body):
+            self.users.setdefault(used, []).append(None)  # None: the function's result
+
+    @staticmethod
+    def _vars_in(expr: Any) -> list[Any]:
+        from tvm import relax
+
+        if isinstance(expr, relax.Var):
+            return [expr]
+        if isinstance(expr, relax.Call):
+            return [a for arg in expr.args for a in _Planner._vars_in(arg)]
+        if isinstance(expr, relax.Tuple):
+            return [a for f in expr.fields for a in _Planner._vars_in(f)]
+        if isinstance(expr, relax.TupleGetItem):
+            return _Planner._vars_in(expr.tuple_value)
+        return []
+
+    def _only_user(self, var: Any) -> Any:
+        """The single binding that uses `var`, if no other fusion has claimed it."""
+        users = self.users.get(var, [])
+        if len(users) != 1 or users[0] is None or users[0] in self.taken:
+            return None
+        return users[0]
+
+    def plan(self) -> list[_Fusion]:
+        fusions: list[_Fusion] = []
+        taken = self.taken = set()
+        for var, value in self.values.items():
+            if var in taken:
+                continue
+            fusion = self._anchor(var, value)
+            if fusion is None:
+                continue
+            self._extend(fusion)
+            taken.update(fusion.members)
+            fusions.append(fusion)
+        return fusions
+
+    def _anchor(self, var: Any, value: Any) -> _Fusion | None:
+        if _op(value, "relax.nn.conv2d"):
+            attrs = value.attrs
+            x_type, w = _tensor_type(value.args[0]), _const(value.args[1])
+            if (
+                w is None
+                or w.dtype != np.float32
+                or x_type is None
+                or x_type[1] != "float32"
+                or str(attrs.data_layout) != "NHWC"
+                or str(attrs.kernel_layout) != "OHWI"
+                or str(attrs.out_layout) != "NHWC"
+                or str(attrs.out_dtype) not in ("", "None", "float32", "void")
+                or len(attrs.padding) != 4
+            ):
+                return None
+            return _Fusion("conv2d", value, [var])
+        if _op(value, "relax.matmul"):
+            a_type, b_type = _tensor_type(value.args[0]), _tensor_type(value.args[1])
+            out_type = _tensor_type(var)
+            if (
+                a_type is None
+                or b_type is None
+                or out_type is None
+                or {a_type[1], b_type[1], out_type[1]} != {"float32"}
+                or len(a_type[0]) < 2
+                or len(b_type[0]) < 2
+            ):
+                return None
+            return _Fusion("matmul", value, [var])
+        return None
+
+    def _extend(self, f: _Fusion) -> None:
+        out_type = _tensor_type(f.members[-1])
+        assert out_type is not None
+        channels = out_type[0][-1]
+        # Bias: add(y, const) broadcasting only along the last (channel) axis.
+        user = self._only_user(f.members[-1])
+        if user is not None and _op(self.values[user], "relax.add"):
+            a, b = self.values[user].args
+            const = _const(b) if a.same_as(f.members[-1]) else _const(a)
+            if (
+                const is not None
+                and const.dtype == np.float32
+                and const.size == channels
+                and const.ndim <= len(out_type[0])
+                and (const.ndim == 0 or const.shape[-1] == channels)
+            ):
+                f.bias = const.reshape(channels).copy()
+                f.members.append(user)
+        # Residual: add(y, other) with `other` of exactly the output's shape.
+        user = self._only_user(f.members[-1])
+        if user is not None and _op(self.values[user], "relax.add"):
+            a, b = self.values[user].args
+            other = b if a.same_as(f.members[-1]) else a
+            if _const(other) is None and _tensor_type(other) == out_type:
+                f.residual = other
+                f.members.append(user)
+        self._activation(f)
+
+    def _activation(self, f: _Fusion) -> None:
+        tail = f.members[-1]
+        user = self._only_user(tail)
+        if user is not None:
+            value = self.values[user]
+            if _op(value, "relax.nn.relu"):
+                f.activation = (ACT_RELU, 0.0, 0.0)
+                f.members.append(user)
+                return
+            if _op(value, "relax.sigmoid") or _op(value, "relax.tanh"):
+                f.activation = (ACT_SIGMOID if _op(value, "relax.sigmoid") else ACT_TANH, 0, 0)
+                f.members.append(user)
+                return
+            if _op(value, "relax.maximum"):
+                lo = self._scalar_operand(value, tail)
+                if lo is not None:
+                    hi, chain = _FLOAT_MAX, [user]
+                    second = self._only_user(user)
+                    if second is not None and _op(self.values[second], "relax.minimum"):
+                        upper = self._scalar_operand(self.values[second], user)
+                        if upper is not None:
+                            hi, chain = upper, [user, second]
+                    f.activation = (ACT_CLIP, lo, hi)
+                    f.members.extend(chain)
+                    return
+        gelu = self._gelu_chain(tail)
+        if gelu is not None:
+            f.activation = (ACT_GELU_ERF, 0.0, 0.0)
+            f.members.extend(gelu)
+
+    def _scalar_operand(self, call: Any, var: Any) -> float | None:
+        a, b = call.args
+        other = b if a.same_as(var) else a if b.same_as(var) else None
+        const = _const(other) if other is not None else None
+        if const is None or const.size != 1:
+            return None
+        return float(const.reshape(()))
+
+    def _gelu_chain(self, t: Any) -> list[Any] | None:
+        """t * 0.5 * (1 + erf(t / sqrt(2))) in the orders exporters emit; returns its vars."""
+        users = self.users.get(t, [])
+        if len(users) != 2 or None in users or any(u in self.taken for u in users):
+            return None
+        for first in users:
+            value = self.values[first]
+            c = self._scalar_operand(value, t) if (
+                _op(value, "relax.divide") or _op(value, "relax.multiply")) else None
+            inv_sqrt2 = 1.0 / math.sqrt(2.0)
+            if c is None or not (
+                (_op(value, "relax.divide") and abs(c - math.sqrt(2.0)) < 1e-4)
+                or (_op(value, "relax.multiply") and abs(c - inv_sqrt2) < 1e-4)
+            ):
+                continue
+            erf = self._only_user(first)
+            if erf is None or not _op(self.values[erf], "relax.erf"):
+                continue
+            plus = self._only_user(erf)
+            if plus is None or not _op(self.values[plus], "relax.add"):
+                continue
+            if self._scalar_operand(self.values[plus], erf) != 1.0:
+                continue
+            times = self._only_user(plus)
+            other = next(u for u in users if u is not first)
+            if times is None or times is not other or not _op(self.values[times], "relax.multiply"):
+                continue
+            half = self._only_user(times)
+            if half is None or not _op(self.values[half], "relax.multiply"):
+                continue
+            if self._scalar_operand(self.values[half], times) != 0.5:
+                continue
+            return [first, erf, plus, times, half]
+        return None
+
+
+def _prim(value: float | int) -> Any:
+    import tvm
+    from tvm import relax
+
+    if isinstance(value, int):
+        return relax.prim_value(tvm.tirx.IntImm("int64", value))
+    return relax.prim_value(tvm.tirx.FloatImm("float64", float(value)))
+
+
+def _library_call(f: _Fusion, out_var: Any) -> Any:
+    from tvm import relax
+
+    x = f.anchor.args[0]
+    bias = relax.const(f.bias) if f.bias is not None else x
+    residual = f.residual if f.residual is not None else x
+    act, alpha, beta = f.activation
+    if f.kind == "conv2d":
+        w = _const(f.anchor.args[1])
+        assert w is not None
+        attrs = f.anchor.attrs
+        ints = [
+            *(int(s) for s in attrs.strides),
+            *(int(p) for p in attrs.padding),
+            *(int(d) for d in attrs.dilation),
+            int(attrs.groups),
+            int(f.bias is not None),
+            int(f.residual is not None),
+            act,
+            _weight_id(w),
+        ]
+        args = [x, f.anchor.args[1], bias, residual, *map(_prim, ints), _prim(alpha), _prim(beta)]
+        return relax.call_dps_packed("ember.dnnl.conv2d", args, out_ty=out_var.ty)
+    b = f.anchor.args[1]
+    b_const = _const(b)
+    ints = [
+        int(b_const is not None),
+        int(f.bias is not None),
+        int(f.residual is not None),
+        act,
+        _weight_id(b_const) if b_const is not None else 0,
+    ]
+    args = [x, b, bias, residual, *map(_prim, ints), _prim(alpha), _prim(beta)]
+    return relax.call_dps_packed("ember.dnnl.matmul", args, out_ty=out_var.ty)
+
+
+def _rewrite(func: Any) -> tuple[Any, int]:
+    from tvm import relax
+
+    fusions = _Planner(func).plan()
+    if not fusions:
+        return func, 0
+    by_output = {f.members[-1]: f for f in fusions}
+    dropped = {v for f in fusions for v in f.members[:-1]}
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_var_binding_(self, binding: Any) -> None:
+            if binding.var in dropped:
+                return
+            fusion = by_output.get(binding.var)
+            if fusion is None:
+                super().visit_var_binding_(binding)
+                return
+            call = _library_call(fusion, binding.var)
+            call = relax.Call(call.op, [self.visit_expr(a) for a in call.args], call.attrs,
+                              call.ty_args)
+            call = self.builder_.normalize(call)
+            self.builder_.emit_normalized(relax.VarBinding(binding.var, call))
+
+    return Rewriter().visit_expr(func), len(fusions)
+
+
+def _clip_as_relax_ops(mod: Any) -> Any:
+    """TVM imports ONNX Clip as opaque TE functions (`call_tir(maximum, (x, c))`), which layout
+    conversion cannot see through. Rewrite those with a one-element constant bound into
+    relax.maximum/minimum, which it can, and which fuse into a library call as a clip post-op."""
+    import tvm
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    replacements = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if not call.op.same_as(call_tir) or not isinstance(call.args[1], relax.Tuple):
+                return call
+            gv, args = call.args[0], call.args[1].fields
+            base = gv.name_hint.rstrip("0123456789_")
+            func = mod[gv] if isinstance(gv, tvm.ir.GlobalVar) else None
+            bound = _const(args[1]) if len(args) == 2 else None
+            if base not in replacements or func is None or bound is None or bound.size != 1:
+                return call
+            if len(func.params) != 3:  # (x, bound, out): the TE maximum/minimum signature
+                return call
+            scalar = relax.const(bound.reshape(()).astype(bound.dtype))
+            return replacements[base](args[0], scalar)
+
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = Rewriter().visit_expr(func)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def dispatch_to_dnnl(mod: Any) -> tuple[Any, dict[str, int]]:
+    """Convert convs to NHWC, fold constants, and rewrite every matching conv2d/matmul chain into
+    an ember.dnnl.* library call. Returns the module and the number of calls per function."""
+    from tvm import relax
+
+    mod = _clip_as_relax_ops(relax.transform.FoldConstant()(mod))
+    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
+    mod = relax.transform.FoldConstant()(mod)
+    counts: dict[str, int] = {}
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            new_func, count = _rewrite(func)
+            mod[gv] = new_func
+            counts[gv.name_hint] = count
+    return mod, counts
+
+
+def dispatched_kernels(mod: Any) -> Sequence[str]:
+    """Names of the library kernels a module calls (for tests and reports)."""
+    text = mod.script(show_meta=False)
+    return [name for name in ("ember.dnnl.conv2d", "ember.dnnl.matmul") if name in text]
