@@ -222,8 +222,11 @@ class _Planner:
             return None
         for first in users:
             value = self.values[first]
-            c = self._scalar_operand(value, t) if (
-                _op(value, "relax.divide") or _op(value, "relax.multiply")) else None
+            c = (
+                self._scalar_operand(value, t)
+                if (_op(value, "relax.divide") or _op(value, "relax.multiply"))
+                else None
+            )
             inv_sqrt2 = 1.0 / math.sqrt(2.0)
             if c is None or not (
                 (_op(value, "relax.divide") and abs(c - math.sqrt(2.0)) < 1e-4)
@@ -315,8 +318,9 @@ def _rewrite(func: Any) -> tuple[Any, int]:
                 super().visit_var_binding_(binding)
                 return
             call = _library_call(fusion, binding.var)
-            call = relax.Call(call.op, [self.visit_expr(a) for a in call.args], call.attrs,
-                              call.ty_args)
+            call = relax.Call(
+                call.op, [self.visit_expr(a) for a in call.args], call.attrs, call.ty_args
+            )
             call = self.builder_.normalize(call)
             self.builder_.emit_normalized(relax.VarBinding(binding.var, call))
 
@@ -362,7 +366,11 @@ def dispatch_to_dnnl(mod: Any) -> tuple[Any, dict[str, int]]:
     from tvm import relax
 
     mod = _clip_as_relax_ops(relax.transform.FoldConstant()(mod))
-    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
+    # conv2d_transpose is pinned to NCHW: its legalization has no NHWC form, and ConvertLayout
+    # would otherwise propagate NHWC into it from a neighbouring conv.
+    mod = relax.transform.ConvertLayout(
+        {"relax.nn.conv2d": ["NHWC", "OHWI"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
+    )(mod)
     mod = relax.transform.FoldConstant()(mod)
     counts: dict[str, int] = {}
     for gv, func in list(mod.functions_items()):

@@ -1,0 +1,225 @@
+"""oneDNN-dispatched kernels (ember.dnnl.conv2d / ember.dnnl.matmul) against ONNX Runtime on random
+shapes: odd sizes, strides, asymmetric padding, groups, dilation, and every fused post-op."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from helpers import assert_matches_ort, make_model, ort_run
+from onnx import TensorProto, helper
+
+import ember
+
+
+def _compile_and_compare(
+    model: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    tmp_path: Path,
+    min_calls: int = 1,
+    **kwargs: object,
+) -> ember.Artifact:
+    artifact = ember.compile(model, batch_sizes=None, output=tmp_path / "a", **kwargs)  # type: ignore[arg-type]
+    record = artifact.manifest["kernel_library"]
+    calls = record["calls"] if record else 0
+    assert calls >= min_calls, f"expected >= {min_calls} library calls, got {calls}"
+    assert_matches_ort(ember.load(artifact.path).run(feeds), ort_run(model, feeds))
+    return artifact
+
+
+CONV_CASES = [
+    # (N, C, H, W, O, kernel, stride, pads[t,l,b,r], dilation, groups, bias, post)
+    (1, 3, 7, 9, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True, "relu"),
+    (2, 5, 13, 11, 7, (3, 5), (2, 1), (0, 2, 1, 0), (1, 1), 1, True, "none"),
+    (3, 4, 9, 9, 6, (3, 3), (1, 2), (2, 2, 2, 2), (2, 2), 2, False, "relu6"),
+    (1, 8, 10, 10, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8, True, "relu6"),  # depthwise
+    (2, 6, 8, 7, 6, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True, "residual_relu"),
+    (1, 16, 15, 15, 32, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, True, "residual"),
+    (2, 12, 11, 14, 12, (5, 5), (3, 3), (2, 1, 2, 1), (1, 2), 3, True, "sigmoid"),
+]
+
+
+def _conv_model(case: tuple, rng: np.random.Generator) -> tuple[onnx.ModelProto, dict]:  # type: ignore[type-arg]
+    n, c, h, w, o, kernel, stride, pads, dilation, groups, bias, post = case
+    weight = rng.standard_normal((o, c // groups, *kernel)).astype(np.float32) * 0.3
+    inits = [("w", weight)]
+    inputs = ["x", "w"]
+    if bias:
+        inits.append(("b", rng.standard_normal(o).astype(np.float32)))
+        inputs.append("b")
+    nodes = [
+        helper.make_node(
+            "Conv",
+            inputs,
+            ["y0"],
+            kernel_shape=list(kernel),
+            strides=list(stride),
+            pads=[pads[0], pads[1], pads[2], pads[3]],
+            dilations=list(dilation),
+            group=groups,
+        )
+    ]
+    oh = (h + pads[0] + pads[2] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    ow = (w + pads[1] + pads[3] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    graph_inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, h, w])]
+    feeds = {"x": rng.standard_normal((n, c, h, w)).astype(np.float32)}
+    last = "y0"
+    if post.startswith("residual"):
+        graph_inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [n, o, oh, ow]))
+        feeds["r"] = rng.standard_normal((n, o, oh, ow)).astype(np.float32)
+        nodes.append(helper.make_node("Add", [last, "r"], ["y1"]))
+        last = "y1"
+    if post.endswith("relu"):
+        nodes.append(helper.make_node("Relu", [last], ["y2"]))
+        last = "y2"
+    elif post == "relu6":
+        inits += [("lo", np.array(0.0, np.float32)), ("hi", np.array(6.0, np.float32))]
+        nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["y2"]))
+        last = "y2"
+    elif post == "sigmoid":
+        nodes.append(helper.make_node("Sigmoid", [last], ["y2"]))
+        last = "y2"
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    model = make_model(
+        nodes,
+        graph_inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, o, oh, ow])],
+        inits,
+    )
+    return model, feeds
+
+
+@pytest.mark.parametrize(
+    "case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-g{c[9]}-{c[11]}"
+)
+def test_conv2d_matches_ort(case: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    model, feeds = _conv_model(case, np.random.default_rng(sum(case[:5])))
+    _compile_and_compare(model, feeds, tmp_path)
+
+
+MATMUL_CASES = [
+    # (a shape, b shape, b constant, bias, post)
+    ((1, 7), (7, 13), True, True, "none"),
+    ((5, 64), (64, 33), True, True, "relu"),
+    ((2, 9, 31), (31, 17), True, True, "gelu"),
+    ((3, 4, 16), (16, 16), True, True, "residual"),
+    ((2, 3, 5, 8), (2, 3, 8, 6), False, False, "none"),  # attention-style batched matmul
+    ((2, 1, 5, 8), (1, 3, 8, 6), False, False, "none"),  # broadcast batch dims
+    ((4, 6, 10), (10, 3), True, False, "tanh"),
+]
+
+
+def _matmul_model(case: tuple, rng: np.random.Generator) -> tuple[onnx.ModelProto, dict]:  # type: ignore[type-arg]
+    a_shape, b_shape, b_const, bias, post = case
+    out_shape = [*np.broadcast_shapes(a_shape[:-2], b_shape[:-2]), a_shape[-2], b_shape[-1]]
+    inits: list[tuple[str, np.ndarray]] = []
+    graph_inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, list(a_shape))]
+    feeds = {"a": rng.standard_normal(a_shape).astype(np.float32)}
+    b = (rng.standard_normal(b_shape) / np.sqrt(b_shape[-2])).astype(np.float32)
+    if b_const:
+        inits.append(("b", b))
+    else:
+        graph_inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, list(b_shape)))
+        feeds["b"] = b
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["y0"])]
+    last = "y0"
+    if bias:
+        inits.append(("bias", rng.standard_normal(b_shape[-1]).astype(np.float32)))
+        nodes.append(helper.make_node("Add", [last, "bias"], ["y1"]))
+        last = "y1"
+    if post == "relu":
+        nodes.append(helper.make_node("Relu", [last], ["y2"]))
+        last = "y2"
+    elif post == "tanh":
+        nodes.append(helper.make_node("Tanh", [last], ["y2"]))
+        last = "y2"
+    elif post == "gelu":  # the exact form torch exports
+        inits += [
+            ("sqrt2", np.array(np.sqrt(2.0), np.float32)),
+            ("one", np.array(1.0, np.float32)),
+            ("half", np.array(0.5, np.float32)),
+        ]
+        nodes += [
+            helper.make_node("Div", [last, "sqrt2"], ["g0"]),
+            helper.make_node("Erf", ["g0"], ["g1"]),
+            helper.make_node("Add", ["g1", "one"], ["g2"]),
+            helper.make_node("Mul", [last, "g2"], ["g3"]),
+            helper.make_node("Mul", ["g3", "half"], ["y2"]),
+        ]
+        last = "y2"
+    elif post == "residual":
+        graph_inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, out_shape))
+        feeds["r"] = rng.standard_normal(out_shape).astype(np.float32)
+        nodes.append(helper.make_node("Add", [last, "r"], ["y2"]))
+        last = "y2"
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    model = make_model(
+        nodes,
+        graph_inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        inits,
+    )
+    return model, feeds
+
+
+@pytest.mark.parametrize("case", MATMUL_CASES, ids=lambda c: f"{c[0]}@{c[1]}-{c[4]}")
+def test_matmul_matches_ort(case: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    model, feeds = _matmul_model(case, np.random.default_rng(len(case[0]) * 7 + case[1][-1]))
+    artifact = _compile_and_compare(model, feeds, tmp_path)
+    if case[4] in ("gelu", "residual", "relu", "tanh"):
+        # The whole chain became one library call: nothing but the call is left in the graph.
+        assert artifact.manifest["kernel_library"]["calls"] == 1
+
+
+def test_library_and_tvm_paths_agree(tmp_path: Path) -> None:
+    model, feeds = _conv_model(CONV_CASES[0], np.random.default_rng(0))
+    plain = ember.compile(model, batch_sizes=None, output=tmp_path / "tvm", kernel_library=None)
+    assert plain.manifest["kernel_library"] is None
+    fast = ember.compile(model, batch_sizes=None, output=tmp_path / "dnnl")
+    np.testing.assert_allclose(
+        ember.load(fast.path).run(feeds)["y"],
+        ember.load(plain.path).run(feeds)["y"],
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_ops_the_library_does_not_cover_stay_in_tvm(tmp_path: Path) -> None:
+    """ConvTranspose, a conv whose weight is a runtime input, LayerNorm and Softmax: compiled by
+    TVM next to a dispatched conv, and still correct."""
+    rng = np.random.default_rng(3)
+    inits = [
+        ("w", rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.3),
+        ("wt", rng.standard_normal((4, 2, 2, 2)).astype(np.float32) * 0.3),
+        ("scale", np.ones(64, np.float32)),
+        ("shift", np.zeros(64, np.float32)),
+        ("shape", np.array([2, 2, 64], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),  # dispatched
+        helper.make_node("ConvTranspose", ["c", "wt"], ["t"], strides=[2, 2]),  # TVM
+        helper.make_node("Conv", ["x", "wx"], ["c2"]),  # runtime weight: TVM
+        helper.make_node("Reshape", ["t", "shape"], ["t2"]),
+        helper.make_node("LayerNormalization", ["t2", "scale", "shift"], ["ln"], axis=-1),
+        helper.make_node("Softmax", ["ln"], ["y"], axis=-1),
+    ]
+    model = make_model(
+        nodes,
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4]),
+            helper.make_tensor_value_info("wx", TensorProto.FLOAT, [1, 3, 1, 1]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2, 64]),
+            helper.make_tensor_value_info("c2", TensorProto.FLOAT, [2, 1, 4, 4]),
+        ],
+        inits,
+    )
+    feeds = {
+        "x": rng.standard_normal((2, 3, 4, 4)).astype(np.float32),
+        "wx": rng.standard_normal((1, 3, 1, 1)).astype(np.float32),
+    }
+    artifact = _compile_and_compare(model, feeds, tmp_path)
+    assert artifact.manifest["kernel_library"]["calls"] == 1
