@@ -96,7 +96,14 @@ def _conv_model(case: tuple, rng: np.random.Generator) -> tuple[onnx.ModelProto,
 )
 def test_conv2d_matches_ort(case: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
     model, feeds = _conv_model(case, np.random.default_rng(sum(case[:5])))
-    _compile_and_compare(model, feeds, tmp_path)
+    stats = _compile_and_compare(model, feeds, tmp_path).manifest["kernel_library"]
+    assert stats["calls"] == stats["conv2d"] == 1
+    assert stats.get("bias", 0) == int(case[10])
+    post = case[11]
+    assert stats.get("residual", 0) == int(post.startswith("residual"))
+    fused = {"relu": "relu", "residual_relu": "relu", "relu6": "clip", "sigmoid": "sigmoid"}
+    if post in fused:
+        assert stats[fused[post]] == 1
 
 
 MATMUL_CASES = [
@@ -168,9 +175,11 @@ def _matmul_model(case: tuple, rng: np.random.Generator) -> tuple[onnx.ModelProt
 def test_matmul_matches_ort(case: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
     model, feeds = _matmul_model(case, np.random.default_rng(len(case[0]) * 7 + case[1][-1]))
     artifact = _compile_and_compare(model, feeds, tmp_path)
-    if case[4] in ("gelu", "residual", "relu", "tanh"):
-        # The whole chain became one library call: nothing but the call is left in the graph.
-        assert artifact.manifest["kernel_library"]["calls"] == 1
+    stats = artifact.manifest["kernel_library"]
+    assert stats["calls"] == stats["matmul"] == 1
+    assert stats.get("bias", 0) == int(case[3])
+    if case[4] != "none":  # the post-op was fused into the one library call
+        assert stats[case[4]] == 1
 
 
 def test_library_and_tvm_paths_agree(tmp_path: Path) -> None:

@@ -269,13 +269,12 @@ def compile(
     out_specs = _output_specs(proto, specs, output_names, outputs_per_bucket, batched)
     in_specs = [TensorSpec(i.name, i.dtype, specs[i.name][0], specs[i.name][1]) for i in inputs]
 
-    module, library_calls = merger.module, 0
+    module, library_stats = merger.module, {}
     if library == "dnnl":
         from .dispatch import dispatch_to_dnnl
 
-        module, counts = dispatch_to_dnnl(module)
-        library_calls = sum(counts.values())
-        say(f"[ember] {library_calls} conv/matmul chains dispatched to oneDNN")
+        module, library_stats = dispatch_to_dnnl(module)
+        say(f"[ember] {library_stats['calls']} conv/matmul chains dispatched to oneDNN")
     out_dir = Path(output) if output is not None else Path(f"{model_name}.ember")
     say(f"[ember] building for {resolved.name} ({resolved.tvm.get('mcpu', 'generic')})")
     _build_library(module, resolved, out_dir)
@@ -293,7 +292,7 @@ def compile(
         "library": LIBRARY_FILE,
         "target": resolved.to_json(),
         "precision": "fp32",
-        "kernel_library": {"name": library, "calls": library_calls} if library else None,
+        "kernel_library": {"name": library, **library_stats} if library else None,
         "tuning": None,
         "versions": {
             "ember": _ember_version(),

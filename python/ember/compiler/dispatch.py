@@ -243,7 +243,11 @@ class _Planner:
                 continue
             times = self._only_user(plus)
             other = next(u for u in users if u is not first)
-            if times is None or times is not other or not _op(self.values[times], "relax.multiply"):
+            if (
+                times is None
+                or not times.same_as(other)
+                or not _op(self.values[times], "relax.multiply")
+            ):
                 continue
             half = self._only_user(times)
             if half is None or not _op(self.values[half], "relax.multiply"):
@@ -299,12 +303,35 @@ def _library_call(f: _Fusion, out_var: Any) -> Any:
     return relax.call_dps_packed("ember.dnnl.matmul", args, out_ty=out_var.ty)
 
 
-def _rewrite(func: Any) -> tuple[Any, int]:
+_ACTIVATION_NAMES = {
+    ACT_RELU: "relu",
+    ACT_GELU_ERF: "gelu",
+    ACT_GELU_TANH: "gelu_tanh",
+    ACT_CLIP: "clip",
+    ACT_SIGMOID: "sigmoid",
+    ACT_TANH: "tanh",
+}
+
+
+def _describe(fusions: Sequence[_Fusion]) -> dict[str, int]:
+    """Counts of library calls and of what was fused into them, for the manifest and tests."""
+    stats: dict[str, int] = {}
+    for f in fusions:
+        parts = [f.kind]
+        parts += ["bias"] if f.bias is not None else []
+        parts += ["residual"] if f.residual is not None else []
+        parts += [_ACTIVATION_NAMES[f.activation[0]]] if f.activation[0] != ACT_NONE else []
+        for part in parts:
+            stats[part] = stats.get(part, 0) + 1
+    return stats
+
+
+def _rewrite(func: Any) -> tuple[Any, list[_Fusion]]:
     from tvm import relax
 
     fusions = _Planner(func).plan()
     if not fusions:
-        return func, 0
+        return func, []
     by_output = {f.members[-1]: f for f in fusions}
     dropped = {v for f in fusions for v in f.members[:-1]}
 
@@ -324,7 +351,7 @@ def _rewrite(func: Any) -> tuple[Any, int]:
             call = self.builder_.normalize(call)
             self.builder_.emit_normalized(relax.VarBinding(binding.var, call))
 
-    return Rewriter().visit_expr(func), len(fusions)
+    return Rewriter().visit_expr(func), fusions
 
 
 def _clip_as_relax_ops(mod: Any) -> Any:
@@ -362,7 +389,8 @@ def _clip_as_relax_ops(mod: Any) -> Any:
 
 def dispatch_to_dnnl(mod: Any) -> tuple[Any, dict[str, int]]:
     """Convert convs to NHWC, fold constants, and rewrite every matching conv2d/matmul chain into
-    an ember.dnnl.* library call. Returns the module and the number of calls per function."""
+    an ember.dnnl.* library call. Returns the module and counts over all functions: "calls", per
+    anchor kind ("conv2d", "matmul") and per fused post-op ("bias", "residual", "relu", ...)."""
     from tvm import relax
 
     mod = _clip_as_relax_ops(relax.transform.FoldConstant()(mod))
@@ -372,13 +400,12 @@ def dispatch_to_dnnl(mod: Any) -> tuple[Any, dict[str, int]]:
         {"relax.nn.conv2d": ["NHWC", "OHWI"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
     )(mod)
     mod = relax.transform.FoldConstant()(mod)
-    counts: dict[str, int] = {}
+    fusions: list[_Fusion] = []
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
-            new_func, count = _rewrite(func)
-            mod[gv] = new_func
-            counts[gv.name_hint] = count
-    return mod, counts
+            mod[gv], found = _rewrite(func)
+            fusions += found
+    return mod, {"calls": len(fusions), **_describe(fusions)}
 
 
 def dispatched_kernels(mod: Any) -> Sequence[str]:
