@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check ember has, in one command: builds and installs ember (with the C++ extension) into
-# .venv, then runs the C++ unit tests (GoogleTest), ruff, mypy, stubtest on ember._core and pytest.
+# .venv, then runs the C++ unit tests (GoogleTest), ruff, mypy, stubtest on ember._core, pytest and
+# the benchmark suite once as a smoke test.
 # Needs python3 (3.10+), a C++17 compiler, and GoogleTest (Debian: libgtest-dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +29,6 @@ python -m mypy.stubtest ember._core --allowlist .mypy-stubtest-allowlist
 
 echo "== pytest"
 python -m pytest "$@"
+
+echo "== benchmarks, once each as smoke tests (timings are for benchmarks/vs_onnxruntime.py)"
+python -m pytest benchmarks --benchmark-disable -q

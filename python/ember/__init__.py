@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os as _os
+from ._threads import configure_from_environment as _configure_threads
 
-# TVM sizes its thread pool from TVM_NUM_THREADS when the first kernel runs; unset, it uses half the
-# logical CPUs (1 on a 2-vCPU machine). Default to every CPU this process may run on.
-_os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0))))
+# Before the extension loads OpenMP and before TVM's pool starts: both size themselves from the
+# environment once (see _threads.py). Unset, TVM would use half the logical CPUs.
+NUM_THREADS = _configure_threads()
 
 from .artifact import Artifact, TensorSpec
 from .errors import (
@@ -43,6 +43,7 @@ __all__ = [
     "IntegrityError",
     "InternalError",
     "InvalidInputError",
+    "NUM_THREADS",
     "Model",
     "TensorSpec",
     "UnknownTargetError",
