@@ -9,9 +9,13 @@
 
 #include <cstdint>
 #include <dnnl.hpp>
+#include <algorithm>
+#include <array>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -104,13 +108,49 @@ struct CachedPrimitive {
   dnnl::primitive primitive;
   memory::desc src_md, weights_md, bias_md, dst_md, residual_md, scratchpad_md;
   std::shared_ptr<memory> packed_weights;  // null when the weights are a runtime input
+  bool has_bias = false;
+  bool has_residual = false;
 };
 
-using PrimitiveKey = std::tuple<std::string, int64_t, std::vector<int64_t>>;
+// Identifies a primitive: the kernel, the weight's content id and every shape and attribute that
+// shapes it. Fixed-size so that a lookup on the hot path allocates nothing.
+struct PrimitiveKey {
+  static constexpr size_t kMaxFields = 48;
+  int kernel = 0;
+  int64_t weight_id = 0;
+  std::array<int64_t, kMaxFields> fields{};
+  size_t size = 0;
+
+  void Add(int64_t value) {
+    if (size == kMaxFields) TVM_FFI_THROW(InternalError) << "primitive key too long";
+    fields[size++] = value;
+  }
+  void Add(const Dims& dims) {
+    for (int64_t d : dims) Add(d);
+  }
+  void Add(std::initializer_list<int64_t> values) {
+    for (int64_t v : values) Add(v);
+  }
+  bool operator==(const PrimitiveKey& other) const {
+    return kernel == other.kernel && weight_id == other.weight_id && size == other.size &&
+           std::equal(fields.begin(), fields.begin() + size, other.fields.begin());
+  }
+};
+
+struct PrimitiveKeyHash {
+  size_t operator()(const PrimitiveKey& key) const {
+    uint64_t h = 1469598103934665603ull ^ static_cast<uint64_t>(key.kernel);
+    auto mix = [&h](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+    mix(static_cast<uint64_t>(key.weight_id));
+    for (size_t i = 0; i < key.size; ++i) mix(static_cast<uint64_t>(key.fields[i]));
+    return static_cast<size_t>(h);
+  }
+};
 
 struct KernelCache {
-  std::mutex mutex;
-  std::map<PrimitiveKey, std::shared_ptr<const CachedPrimitive>> primitives;
+  std::shared_mutex mutex;  // shared for lookups, exclusive for inserts
+  std::unordered_map<PrimitiveKey, std::unique_ptr<const CachedPrimitive>, PrimitiveKeyHash>
+      primitives;
   // Prepacked weights shared by every primitive (e.g. each batch bucket) wanting the same layout:
   // weight id -> (layout, packed memory).
   std::map<int64_t, std::vector<std::pair<memory::desc, std::shared_ptr<memory>>>> packed;
@@ -121,21 +161,27 @@ KernelCache& Cache() {
   return cache;
 }
 
-// Returns the cached entry for `key`, building it on a miss. Building happens under the lock:
-// misses are rare (first call per shape) and building twice would repeat a weight reorder.
+// Returns the cached entry for `key`, building it on a miss. Entries are never evicted, so the
+// returned pointer stays valid for the life of the process. Building happens under the exclusive
+// lock: misses are rare (first call per shape) and building twice would repeat a weight reorder.
 template <typename Build>
-std::shared_ptr<const CachedPrimitive> GetOrBuild(const PrimitiveKey& key, Build&& build) {
+const CachedPrimitive& GetOrBuild(const PrimitiveKey& key, Build&& build) {
   KernelCache& cache = Cache();
-  std::lock_guard<std::mutex> lock(cache.mutex);
+  {
+    std::shared_lock<std::shared_mutex> lock(cache.mutex);
+    auto it = cache.primitives.find(key);
+    if (it != cache.primitives.end()) return *it->second;
+  }
+  std::unique_lock<std::shared_mutex> lock(cache.mutex);
   auto it = cache.primitives.find(key);
-  if (it != cache.primitives.end()) return it->second;
-  auto entry = std::make_shared<const CachedPrimitive>(build());
-  cache.primitives.emplace(key, entry);
-  return entry;
+  if (it == cache.primitives.end()) {
+    it = cache.primitives.emplace(key, std::make_unique<const CachedPrimitive>(build())).first;
+  }
+  return *it->second;
 }
 
 // Reorders constant weights from their plain layout into `packed_md`, once per weight and layout.
-// Called with the cache lock held.
+// Called with the cache's exclusive lock held.
 std::shared_ptr<memory> PackWeights(int64_t weight_id, const memory::desc& user_md, void* data,
                                     const memory::desc& packed_md) {
   auto& layouts = Cache().packed[weight_id];
@@ -151,12 +197,41 @@ std::shared_ptr<memory> PackWeights(int64_t weight_id, const memory::desc& user_
   return packed;
 }
 
-void Execute(const CachedPrimitive& p, std::unordered_map<int, memory>& args) {
-  const size_t scratch_bytes = p.scratchpad_md.get_size();
-  if (scratch_bytes > 0) {
-    args.emplace(DNNL_ARG_SCRATCHPAD,
-                 memory(p.scratchpad_md, Engine(), ThreadScratchpad(scratch_bytes)));
+// Per-thread argument sets, one per primitive: memory objects are created once and only their
+// data handles change per call, so executing allocates nothing.
+constexpr int kResidualArg = DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1;
+
+std::unordered_map<int, memory>& ThreadArgs(const CachedPrimitive& p) {
+  thread_local std::unordered_map<const CachedPrimitive*, std::unordered_map<int, memory>> sets;
+  auto it = sets.find(&p);
+  if (it != sets.end()) return it->second;
+  std::unordered_map<int, memory> args;
+  args.emplace(DNNL_ARG_SRC, memory(p.src_md, Engine(), DNNL_MEMORY_NONE));
+  args.emplace(DNNL_ARG_DST, memory(p.dst_md, Engine(), DNNL_MEMORY_NONE));
+  args.emplace(DNNL_ARG_WEIGHTS, p.packed_weights ? *p.packed_weights
+                                                  : memory(p.weights_md, Engine(), DNNL_MEMORY_NONE));
+  if (p.has_bias) args.emplace(DNNL_ARG_BIAS, memory(p.bias_md, Engine(), DNNL_MEMORY_NONE));
+  if (p.has_residual) args.emplace(kResidualArg, memory(p.residual_md, Engine(), DNNL_MEMORY_NONE));
+  if (p.scratchpad_md.get_size() > 0) {
+    args.emplace(DNNL_ARG_SCRATCHPAD, memory(p.scratchpad_md, Engine(), DNNL_MEMORY_NONE));
   }
+  return sets.emplace(&p, std::move(args)).first->second;
+}
+
+// Runs `p` on the given buffers (weights: null when prepacked; bias/residual: null when absent).
+void Execute(const CachedPrimitive& p, const void* src, const void* weights, const void* bias,
+             const void* residual, void* dst) {
+  auto& args = ThreadArgs(p);
+  auto set = [&args](int arg, const void* data) {
+    args.at(arg).set_data_handle(const_cast<void*>(data));
+  };
+  set(DNNL_ARG_SRC, src);
+  set(DNNL_ARG_DST, dst);
+  if (!p.packed_weights) set(DNNL_ARG_WEIGHTS, weights);
+  if (p.has_bias) set(DNNL_ARG_BIAS, bias);
+  if (p.has_residual) set(kResidualArg, residual);
+  const size_t scratch_bytes = p.scratchpad_md.get_size();
+  if (scratch_bytes > 0) set(DNNL_ARG_SCRATCHPAD, ThreadScratchpad(scratch_bytes));
   p.primitive.execute(ThreadStream(), args);
   ThreadStream().wait();
 }
@@ -197,13 +272,16 @@ void Conv2d(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   const int64_t o = w->shape[0], kh = w->shape[1], kw = w->shape[2];
   const int64_t oh = out->shape[1], ow = out->shape[2];
 
-  std::vector<int64_t> key_dims{n, h, wd, c, o, kh, kw, oh, ow, sh, sw, pt, pl, pb, pr,
-                                dh, dw, groups, has_bias, has_res, act};
-  key_dims.push_back(static_cast<int64_t>(alpha * 1e6));
-  key_dims.push_back(static_cast<int64_t>(beta * 1e6));
+  PrimitiveKey key;
+  key.kernel = 0;
+  key.weight_id = weight_id;
+  key.Add({n, h, wd, c, o, kh, kw, oh, ow, sh, sw, pt, pl, pb, pr, dh, dw, groups, has_bias, has_res,
+           act, static_cast<int64_t>(alpha * 1e6), static_cast<int64_t>(beta * 1e6)});
   Guarded(kName, [&] {
-    auto prim = GetOrBuild({"conv2d", weight_id, key_dims}, [&] {
+    const CachedPrimitive& prim = GetOrBuild(key, [&] {
       CachedPrimitive p;
+      p.has_bias = has_bias != 0;
+      p.has_residual = has_res != 0;
       p.src_md = memory::desc({n, c, h, wd}, kF32, Tag::nhwc);
       p.dst_md = memory::desc({n, o, oh, ow}, kF32, Tag::nhwc);
       memory::desc user_w;
@@ -228,16 +306,8 @@ void Conv2d(ffi::PackedArgs args, ffi::Any* /*rv*/) {
       p.packed_weights = PackWeights(weight_id, user_w, DataOf(w), p.weights_md);
       return p;
     });
-    std::unordered_map<int, memory> margs{
-        {DNNL_ARG_SRC, memory(prim->src_md, Engine(), DataOf(x))},
-        {DNNL_ARG_WEIGHTS, *prim->packed_weights},
-        {DNNL_ARG_DST, memory(prim->dst_md, Engine(), DataOf(out))}};
-    if (bias) margs.emplace(DNNL_ARG_BIAS, memory(prim->bias_md, Engine(), DataOf(bias)));
-    if (residual) {
-      margs.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
-                    memory(prim->residual_md, Engine(), DataOf(residual)));
-    }
-    Execute(*prim, margs);
+    Execute(prim, DataOf(x), nullptr, bias ? DataOf(bias) : nullptr,
+            residual ? DataOf(residual) : nullptr, DataOf(out));
   });
 }
 
@@ -283,14 +353,19 @@ void Matmul(ffi::PackedArgs args, ffi::Any* /*rv*/) {
     b_dims = pad(b);
     out_dims = ShapeOf(out);
   }
-  std::vector<int64_t> key_dims = a_dims;
-  key_dims.insert(key_dims.end(), b_dims.begin(), b_dims.end());
-  key_dims.insert(key_dims.end(), {b_const, has_bias, has_res, act,
-                                   static_cast<int64_t>(alpha * 1e6),
-                                   static_cast<int64_t>(beta * 1e6)});
+  PrimitiveKey key;
+  key.kernel = 1;
+  key.weight_id = b_const ? weight_id : 0;
+  key.Add(static_cast<int64_t>(a_dims.size()));
+  key.Add(a_dims);
+  key.Add(b_dims);
+  key.Add({b_const, has_bias, has_res, act, static_cast<int64_t>(alpha * 1e6),
+           static_cast<int64_t>(beta * 1e6)});
   Guarded(kName, [&] {
-    auto prim = GetOrBuild({"matmul", b_const ? weight_id : 0, key_dims}, [&] {
+    const CachedPrimitive& prim = GetOrBuild(key, [&] {
       CachedPrimitive p;
+      p.has_bias = has_bias != 0;
+      p.has_residual = has_res != 0;
       p.src_md = PlainDesc(a_dims);
       p.dst_md = PlainDesc(out_dims);
       p.residual_md = p.dst_md;
@@ -308,20 +383,8 @@ void Matmul(ffi::PackedArgs args, ffi::Any* /*rv*/) {
       if (b_const) p.packed_weights = PackWeights(weight_id, PlainDesc(b_dims), DataOf(b), p.weights_md);
       return p;
     });
-    std::unordered_map<int, memory> margs{
-        {DNNL_ARG_SRC, memory(prim->src_md, Engine(), DataOf(a))},
-        {DNNL_ARG_DST, memory(prim->dst_md, Engine(), DataOf(out))}};
-    if (prim->packed_weights) {
-      margs.emplace(DNNL_ARG_WEIGHTS, *prim->packed_weights);
-    } else {
-      margs.emplace(DNNL_ARG_WEIGHTS, memory(prim->weights_md, Engine(), DataOf(b)));
-    }
-    if (bias) margs.emplace(DNNL_ARG_BIAS, memory(prim->bias_md, Engine(), DataOf(bias)));
-    if (residual) {
-      margs.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
-                    memory(prim->residual_md, Engine(), DataOf(residual)));
-    }
-    Execute(*prim, margs);
+    Execute(prim, DataOf(a), DataOf(b), bias ? DataOf(bias) : nullptr,
+            residual ? DataOf(residual) : nullptr, DataOf(out));
   });
 }
 
@@ -336,7 +399,7 @@ void RegisterDnnlKernels() {
 }
 
 size_t DnnlCachedPrimitives() {
-  std::lock_guard<std::mutex> lock(Cache().mutex);
+  std::shared_lock<std::shared_mutex> lock(Cache().mutex);
   return Cache().primitives.size();
 }
 
