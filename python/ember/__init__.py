@@ -8,8 +8,8 @@ from ._threads import configure_from_environment as _configure_threads
 # environment once (see _threads.py). Unset, TVM would use half the logical CPUs.
 NUM_THREADS = _configure_threads()
 
-from .artifact import Artifact, TensorSpec
-from .errors import (
+from .artifact import Artifact, TensorSpec  # noqa: E402
+from .errors import (  # noqa: E402
     ArtifactNotFoundError,
     CompileError,
     EmberError,
@@ -21,7 +21,7 @@ from .errors import (
     UnknownTargetError,
     UnsupportedOperatorError,
 )
-from .model import Model, load
+from .model import Model, load  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ def compile(*args: object, **kwargs: object) -> Artifact:
 
 
 __all__ = [
+    "NUM_THREADS",
     "Artifact",
     "ArtifactNotFoundError",
     "CompileError",
@@ -43,7 +44,6 @@ __all__ = [
     "IntegrityError",
     "InternalError",
     "InvalidInputError",
-    "NUM_THREADS",
     "Model",
     "TensorSpec",
     "UnknownTargetError",

@@ -269,7 +269,8 @@ def compile(
     out_specs = _output_specs(proto, specs, output_names, outputs_per_bucket, batched)
     in_specs = [TensorSpec(i.name, i.dtype, specs[i.name][0], specs[i.name][1]) for i in inputs]
 
-    module, library_stats = merger.module, {}
+    module = merger.module
+    library_stats: dict[str, int] = {}
     if library == "dnnl":
         from .dispatch import dispatch_to_dnnl
 
