@@ -401,7 +401,11 @@ def _build_library(mod: Any, target: Target, out_dir: Path) -> None:
 
     tvm_target = tvm.target.Target(target.tvm)
     try:
-        executable = tvm.compile(mod, target=tvm_target)
+        from .pipeline import cpu_pipeline
+
+        # cpu_pipeline: TVM's CPU passes (with fusion) plus ember's default schedules, so no
+        # TVM-generated loop nest runs serial and scalar.
+        executable = tvm.compile(mod, target=tvm_target, relax_pipeline=cpu_pipeline(tvm_target))
     except Exception as exc:
         raise CompileError(f"TVM failed to compile for {target.name}: {exc}") from exc
     if out_dir.exists():
