@@ -48,6 +48,11 @@ MIN_ROUNDS = 5  # never report a median of fewer timed rounds than this
 WARMUP_RUNS = 3
 WARMUP_SECONDS = 1.0
 BLOCK_SECONDS = 0.02  # target length of one engine's block of consecutive runs in a round
+# Pause between blocks so the previous engine's spinning worker threads have gone idle: a
+# deployed engine never shares its cores with the other engine's spinners. ORT's intra-op pool
+# keeps spinning for 20-100 ms after a run (measured: ResNet-18 b1 in ember took 55 ms 20 ms after
+# an ORT run and 30 ms 100 ms after); OpenMP's spin ends within a millisecond.
+QUIESCE_SECONDS = 0.15
 MAX_BLOCK_RUNS = 50
 UNSTABLE_P90 = 2.0  # flag an engine whose 90th percentile run is this many times its median
 FINGERPRINT_FILE = "bench-fingerprint.json"  # written beside (not inside) each artifact
@@ -322,9 +327,9 @@ def time_interleaved(
     every run timed on its own. Stops once `min_time` seconds have passed and at least MIN_ROUNDS
     rounds ran, or after `max_rounds` rounds.
 
-    Blocks rather than single alternating runs: right after one engine finishes, its worker
-    threads still spin for a while and slow the other engine's next run, which would bias
-    microsecond-scale models; a block's first run absorbs that and the median ignores it.
+    Blocks rather than single alternating runs, with a QUIESCE_SECONDS pause before each: right
+    after one engine finishes, its worker threads still spin for a while and slow the other
+    engine's next run (measured: up to 2x on either side), which says nothing about either engine.
     """
     est_ember, est_ort = _warm_up(run_ember), _warm_up(run_ort)
     blocks = (
@@ -341,6 +346,7 @@ def time_interleaved(
             order.reverse()
         medians: dict[int, float] = {}
         for fn, runs in order:
+            time.sleep(QUIESCE_SECONDS)
             samples: list[float] = []
             while len(samples) < runs and sum(samples) < 2e3 * BLOCK_SECONDS:
                 samples.append(_clock(fn))  # a block ends early when runs get slow (stalls)

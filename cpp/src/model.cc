@@ -15,6 +15,7 @@
 
 #include "ember/artifact.h"
 #include "ember/kernels/dnnl_kernels.h"
+#include "ember/parallel.h"
 
 namespace ember::runtime {
 namespace {
@@ -86,6 +87,9 @@ Result<std::unique_ptr<Model>> Model::Load(const std::string& artifact_dir) {
   const std::string so_path = JoinPath(artifact_dir, impl->manifest.library);
   try {
     impl->library = ffi::Module::LoadFromFile(so_path);
+    // TVM's parallel loops join oneDNN's OpenMP pool rather than starting a second pool.
+    Result<bool> shared_pool = UseSharedThreadPool(so_path);
+    if (!shared_pool.ok()) return shared_pool.status();
     auto load_exec = (*impl->library)->GetFunction("vm_load_executable");
     if (!load_exec.has_value()) {
       return Status::RuntimeError("'" + so_path + "' is not a Relax VM executable");
