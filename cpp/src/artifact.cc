@@ -4,6 +4,13 @@
 #include <sys/utsname.h>
 #include <tvm/ffi/extra/json.h>
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <sstream>
 #include <vector>
 
@@ -64,7 +71,7 @@ const HostInfo& CurrentHost() {
   return host;
 }
 
-Result<std::set<std::string>> VerifyChecksums(const std::string& dir) {
+Result<std::map<std::string, std::string>> VerifyChecksums(const std::string& dir) {
   struct stat st {};
   if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return Status::NotFound("artifact directory '" + dir + "' does not exist");
@@ -87,7 +94,7 @@ Result<std::set<std::string>> VerifyChecksums(const std::string& dir) {
     return Status::IntegrityError(std::string(kChecksumsFile) + " in '" + dir +
                                   "' has no 'files' table");
   }
-  std::set<std::string> verified;
+  std::map<std::string, std::string> verified;
   for (const auto& kv : *files) {
     auto name = kv.first.try_cast<tvm::ffi::String>();
     auto expected = kv.second.try_cast<tvm::ffi::String>();
@@ -103,7 +110,7 @@ Result<std::set<std::string>> VerifyChecksums(const std::string& dir) {
                                     actual + "; the artifact was modified or corrupted after it "
                                     "was built and will not be loaded");
     }
-    verified.insert(file);
+    verified.emplace(file, actual);
   }
   if (verified.count(kManifestFile) == 0) {
     return Status::IntegrityError(std::string(kChecksumsFile) + " does not cover " + kManifestFile);
@@ -144,15 +151,56 @@ Status CheckCompatibility(const Manifest& manifest, const HostInfo& host) {
 Result<Manifest> OpenArtifact(const std::string& dir, const HostInfo& host) {
   // The library name comes from the manifest, which is trusted only once its checksum matched:
   // verify every listed file first, then parse, then require that the library was listed.
-  EMBER_ASSIGN_OR_RETURN(std::set<std::string> verified, VerifyChecksums(dir));
+  EMBER_ASSIGN_OR_RETURN(auto verified, VerifyChecksums(dir));
   EMBER_ASSIGN_OR_RETURN(std::string text, ReadTextFile(JoinPath(dir, kManifestFile)));
   EMBER_ASSIGN_OR_RETURN(Manifest manifest, ParseManifest(text));
   if (!IsSafeRelativeName(manifest.library) || verified.count(manifest.library) == 0) {
     return Status::IntegrityError(std::string(kChecksumsFile) + " does not cover the library '" +
                                   manifest.library + "' named by the manifest");
   }
+  manifest.library_sha256 = verified.at(manifest.library);
   EMBER_RETURN_IF_ERROR(CheckCompatibility(manifest, host));
   return manifest;
+}
+
+Result<std::unique_ptr<PrivateLibraryCopy>> PrivateLibraryCopy::Create(
+    const std::string& source, const std::string& expected_sha256) {
+  const char* tmp = std::getenv("TMPDIR");
+  std::string pattern = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/ember-XXXXXX";
+  std::vector<char> dir_buffer(pattern.begin(), pattern.end());
+  dir_buffer.push_back('\0');
+  if (mkdtemp(dir_buffer.data()) == nullptr) {  // mode 0700: private to this user
+    return Status::RuntimeError("cannot create a private directory for '" + source + "': " +
+                                std::strerror(errno));
+  }
+  const std::string dir(dir_buffer.data());
+  std::unique_ptr<PrivateLibraryCopy> copy(new PrivateLibraryCopy(dir, dir + "/model.so"));
+  std::ifstream in(source, std::ios::binary);
+  if (!in) return Status::NotFound("cannot open '" + source + "'");
+  std::ofstream out(copy->path_, std::ios::binary | std::ios::trunc);
+  if (!out) return Status::RuntimeError("cannot write '" + copy->path_ + "'");
+  Sha256 hasher;
+  std::vector<char> chunk(1 << 20);
+  while (in) {
+    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    const std::streamsize got = in.gcount();
+    if (got <= 0) break;
+    hasher.Update(chunk.data(), static_cast<size_t>(got));
+    out.write(chunk.data(), got);
+  }
+  out.close();
+  if (in.bad() || !out) return Status::RuntimeError("copying '" + source + "' failed");
+  const std::string actual = hasher.HexDigest();
+  if (actual != expected_sha256) {
+    return Status::IntegrityError("'" + source + "' changed after it was verified (sha256 " +
+                                  actual + ", expected " + expected_sha256 + "); not loading it");
+  }
+  return copy;
+}
+
+PrivateLibraryCopy::~PrivateLibraryCopy() {
+  std::remove(path_.c_str());
+  rmdir(dir_.c_str());
 }
 
 }  // namespace ember

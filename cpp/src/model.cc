@@ -85,10 +85,13 @@ Result<std::unique_ptr<Model>> Model::Load(const std::string& artifact_dir) {
   impl->dir = artifact_dir;
   EMBER_ASSIGN_OR_RETURN(impl->manifest, OpenArtifact(artifact_dir));
   const std::string so_path = JoinPath(artifact_dir, impl->manifest.library);
+  // Load a private, re-hashed copy: exactly the verified bytes, never a stale library the loader
+  // already holds under the same path (e.g. an artifact recompiled in place).
+  EMBER_ASSIGN_OR_RETURN(auto copy, PrivateLibraryCopy::Create(so_path, impl->manifest.library_sha256));
   try {
-    impl->library = ffi::Module::LoadFromFile(so_path);
+    impl->library = ffi::Module::LoadFromFile(copy->path());
     // TVM's parallel loops join oneDNN's OpenMP pool rather than starting a second pool.
-    Result<bool> shared_pool = UseSharedThreadPool(so_path);
+    Result<bool> shared_pool = UseSharedThreadPool(copy->path());
     if (!shared_pool.ok()) return shared_pool.status();
     auto load_exec = (*impl->library)->GetFunction("vm_load_executable");
     if (!load_exec.has_value()) {

@@ -74,9 +74,32 @@ TEST_F(ArtifactTest, OpensWhenEverythingMatches) {
   EXPECT_TRUE(OpenArtifact(dir_.path() + "/", MatchingHost()).ok());
 }
 
-TEST_F(ArtifactTest, VerifyChecksumsReturnsTheVerifiedFiles) {
-  EMBER_ASSERT_OK_AND_ASSIGN(const std::set<std::string> verified, VerifyChecksums(dir_.path()));
-  EXPECT_EQ(verified, (std::set<std::string>{"manifest.json", "model.so"}));
+TEST_F(ArtifactTest, VerifyChecksumsReturnsTheVerifiedFilesAndHashes) {
+  EMBER_ASSERT_OK_AND_ASSIGN(const auto verified, VerifyChecksums(dir_.path()));
+  ASSERT_EQ(verified.size(), 2u);
+  EXPECT_EQ(verified.at("manifest.json"), Sha256File(dir_.File("manifest.json")).value());
+  EXPECT_EQ(verified.at("model.so"), Sha256File(dir_.File("model.so")).value());
+  EMBER_ASSERT_OK_AND_ASSIGN(const Manifest manifest, OpenArtifact(dir_.path(), MatchingHost()));
+  EXPECT_EQ(manifest.library_sha256, verified.at("model.so"));
+}
+
+TEST_F(ArtifactTest, PrivateCopyHoldsExactlyTheVerifiedBytesAndIsRemoved) {
+  const std::string sha = Sha256File(dir_.File("model.so")).value();
+  std::string copy_path;
+  {
+    EMBER_ASSERT_OK_AND_ASSIGN(auto copy, PrivateLibraryCopy::Create(dir_.File("model.so"), sha));
+    copy_path = copy->path();
+    EXPECT_NE(copy_path, dir_.File("model.so"));
+    EXPECT_EQ(ReadFile(copy_path), ReadFile(dir_.File("model.so")));
+  }
+  EXPECT_FALSE(Sha256File(copy_path).ok());  // removed with its directory
+}
+
+TEST_F(ArtifactTest, PrivateCopyRefusesBytesThatChangedAfterVerification) {
+  const std::string sha = Sha256File(dir_.File("model.so")).value();
+  WriteFile(dir_.File("model.so"), ReadFile(dir_.File("model.so")) + "tampered");
+  EXPECT_TRUE(IsError(PrivateLibraryCopy::Create(dir_.File("model.so"), sha).status(),
+                      StatusCode::kIntegrityError, "changed after it was verified"));
 }
 
 TEST_F(ArtifactTest, OneFlippedByteInTheLibraryIsAnIntegrityError) {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import mlp
+from helpers import mlp, ort_run
 
 import ember
 from ember import _core
@@ -119,3 +119,20 @@ def test_verify_without_loading(mlp_artifact: ember.Artifact) -> None:
     )
     model = ember.load(mlp_artifact.path)
     assert model.run({"x": np.zeros((1, 16), np.float32)})["y"].shape == (1, 5)
+
+
+def test_recompiling_in_place_then_loading_runs_the_new_code(tmp_path: Path) -> None:
+    """The dynamic loader caches libraries by path; loading a private copy means a model
+    recompiled into the same directory is really the one that runs."""
+    out = tmp_path / "same.ember"
+    first = ember.load(ember.compile(mlp(out_features=5), batch_sizes=(2,), output=out).path)
+    second = ember.load(
+        ember.compile(mlp(out_features=7, seed=1), batch_sizes=(2,), output=out).path
+    )
+    x = np.ones((2, 16), np.float32)
+    assert first.run({"x": x})["y"].shape == (2, 5)
+    y = second.run({"x": x})["y"]
+    assert y.shape == (2, 7)
+    np.testing.assert_allclose(
+        y, ort_run(mlp(out_features=7, seed=1), {"x": x})["y"], rtol=1e-4, atol=1e-4
+    )

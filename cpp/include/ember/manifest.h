@@ -28,6 +28,8 @@ struct Manifest {
   std::string ember_version;
   std::string tvm_version;
   std::string tvm_ffi_version;
+  // Not part of manifest.json: the library's sha256 from checksums.json, set by OpenArtifact.
+  std::string library_sha256;
 
   bool has_batch_axis() const { return !batch_sizes.empty(); }
   // Name of the VM function compiled for `batch` rows ("main_b8"), or "main" without buckets.
