@@ -17,8 +17,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-pytest.importorskip("pytest_benchmark")
-
 # Importing ember sets TVM_NUM_THREADS to the usable CPUs unless it is set already.
 import ember
 from ember.samples import INPUT_SHAPES, SAMPLES

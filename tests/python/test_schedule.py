@@ -17,16 +17,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+from tvm.target import codegen
 
-tvm = pytest.importorskip("tvm")
-
-from tvm import relax  # noqa: E402
-from tvm.relax.backend.cpu_generic import pipeline as cpu_generic  # noqa: E402
-from tvm.target import codegen  # noqa: E402
-
-from ember.compiler import schedule as schedule_mod  # noqa: E402
-from ember.compiler.pipeline import cpu_pipeline  # noqa: E402
-from ember.compiler.schedule import (  # noqa: E402
+from ember.compiler import schedule as schedule_mod
+from ember.compiler.pipeline import cpu_pipeline
+from ember.compiler.schedule import (
     SCHEDULED_ATTR,
     ScheduleStats,
     default_cpu_schedule,
@@ -393,7 +391,7 @@ def test_symbolic_batch_compiles_and_runs(target: Any) -> None:
 
 
 def test_onnx_model_through_importer(target: Any) -> None:
-    onnx = pytest.importorskip("onnx")
+    import onnx
     from onnx import TensorProto, helper
     from tvm.relax.frontend.onnx import from_onnx
 
