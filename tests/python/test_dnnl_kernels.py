@@ -38,6 +38,10 @@ CONV_CASES = [
     (2, 6, 8, 7, 6, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True, "residual_relu"),
     (1, 16, 15, 15, 32, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, True, "residual"),
     (2, 12, 11, 14, 12, (5, 5), (3, 3), (2, 1, 2, 1), (1, 2), 3, True, "sigmoid"),
+    # Channel counts that are multiples of 8, so that NCHW8c applies.
+    (2, 16, 9, 11, 16, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 16, True, "relu6"),  # depthwise
+    (3, 8, 7, 5, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True, "residual_relu"),
+    (1, 16, 10, 9, 32, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 2, False, "sigmoid"),
 ]
 
 
@@ -91,13 +95,20 @@ def _conv_model(case: tuple, rng: np.random.Generator) -> tuple[onnx.ModelProto,
     return model, feeds
 
 
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW8c"])
 @pytest.mark.parametrize(
     "case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-g{c[9]}-{c[11]}"
 )
-def test_conv2d_matches_ort(case: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+def test_conv2d_matches_ort(case: tuple, layout: str, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    """Each conv in both activation layouts; NCHW8c falls back to NHWC when a channel count is
+    not a multiple of 8."""
     model, feeds = _conv_model(case, np.random.default_rng(sum(case[:5])))
-    stats = _compile_and_compare(model, feeds, tmp_path).manifest["kernel_library"]
+    artifact = _compile_and_compare(model, feeds, tmp_path, conv_layout=layout)
+    stats = artifact.manifest["kernel_library"]
+    assert stats["conv_layout"] == layout
     assert stats["calls"] == stats["conv2d"] == 1
+    blockable = case[1] % 8 == 0 and case[4] % 8 == 0
+    assert stats.get("nchw8c", 0) == int(layout == "NCHW8c" and blockable)
     assert stats.get("bias", 0) == int(case[10])
     post = case[11]
     assert stats.get("residual", 0) == int(post.startswith("residual"))
@@ -180,6 +191,57 @@ def test_matmul_matches_ort(case: tuple, tmp_path: Path) -> None:  # type: ignor
     assert stats.get("bias", 0) == int(case[3])
     if case[4] != "none":  # the post-op was fused into the one library call
         assert stats[case[4]] == 1
+
+
+def _depthwise_block_model(stem_channels: int, rng: np.random.Generator) -> onnx.ModelProto:
+    """MobileNet-style: a 3x3 stem conv, then depthwise 3x3 + 1x1 with a residual add, a max pool
+    and a global average pool, so that TVM-generated ops run between library convs."""
+    c = 16
+    inits = [
+        ("w0", rng.standard_normal((c, stem_channels, 3, 3)).astype(np.float32) * 0.3),
+        ("b0", rng.standard_normal(c).astype(np.float32)),
+        ("w1", rng.standard_normal((c, 1, 3, 3)).astype(np.float32) * 0.3),
+        ("w2", rng.standard_normal((c, c, 1, 1)).astype(np.float32) * 0.3),
+        ("b2", rng.standard_normal(c).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["s"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["s"], ["s1"]),
+        helper.make_node("Conv", ["s1", "w1"], ["d"], pads=[1, 1, 1, 1], group=c),
+        helper.make_node("Relu", ["d"], ["d1"]),
+        helper.make_node("Conv", ["d1", "w2", "b2"], ["p"]),
+        helper.make_node("Add", ["p", "s1"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["m"], ["y"]),
+    ]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, stem_channels, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, c, 1, 1])],
+        inits,
+    )
+
+
+@pytest.mark.parametrize("stem_channels", [3, 8])
+def test_auto_layout_blocks_depthwise_models(stem_channels: int, tmp_path: Path) -> None:
+    """A model with depthwise convs runs its convs in NCHW8c (a 3-channel stem stays NHWC), with
+    pooling and a residual add between them, and matches ORT; a dense-conv model stays NHWC."""
+    rng = np.random.default_rng(stem_channels)
+    model = _depthwise_block_model(stem_channels, rng)
+    feeds = {"x": rng.standard_normal((2, stem_channels, 10, 10)).astype(np.float32)}
+    stats = _compile_and_compare(model, feeds, tmp_path).manifest["kernel_library"]
+    assert stats["conv_layout"] == "NCHW8c"
+    assert stats["conv2d"] == 3 and stats["residual"] == 1
+    assert stats["nchw8c"] == (3 if stem_channels % 8 == 0 else 2)
+    dense, _ = _conv_model(CONV_CASES[-1], rng)
+    artifact = ember.compile(dense, batch_sizes=None, output=tmp_path / "dense")
+    assert artifact.manifest["kernel_library"]["conv_layout"] == "NHWC"
+
+
+def test_unknown_conv_layout_is_a_compile_error(tmp_path: Path) -> None:
+    model, _ = _conv_model(CONV_CASES[0], np.random.default_rng(0))
+    with pytest.raises(ember.CompileError, match="conv_layout"):
+        ember.compile(model, batch_sizes=None, output=tmp_path / "a", conv_layout="NCHW16c")
 
 
 def test_library_and_tvm_paths_agree(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ using dnnl::memory;
 using Dims = memory::dims;
 using Tag = memory::format_tag;
 constexpr auto kF32 = memory::data_type::f32;
+constexpr int64_t kBlock = 8;  // channel block of the NCHW8c activation layout
 
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -246,10 +247,12 @@ void Guarded(const char* kernel, Fn&& fn) {
   }
 }
 
-// ember.dnnl.conv2d(x[N,H,W,C], w[O,KH,KW,C/groups], bias[O], residual[N,OH,OW,O],
-//   stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups,
-//   has_bias, has_residual, activation, weight_id, alpha, beta, out[N,OH,OW,O])
-// Weights are constants: prepacked once per weight_id (a content hash from the compiler).
+// ember.dnnl.conv2d(x, w[O,KH,KW,C/groups], bias[O], residual, stride_h, stride_w, pad_top,
+//   pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups, has_bias, has_residual,
+//   activation, weight_id, alpha, beta, out)
+// Activations (x, residual, out) are either all NHWC (4-d: [N,H,W,C]) or all NCHW8c (5-d:
+// [N,C/8,H,W,8], oneDNN's nChw8c), the blocked layout its depthwise and 1x1 kernels run fastest
+// on. Weights are constants: prepacked once per weight_id (a content hash from the compiler).
 void Conv2d(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   constexpr const char* kName = "ember.dnnl.conv2d";
   if (args.size() != 20) TVM_FFI_THROW(ValueError) << kName << ": expects 20 arguments";
@@ -265,25 +268,35 @@ void Conv2d(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   const auto beta = static_cast<float>(args[18].cast<double>());
   const DLTensor* bias = has_bias ? TensorArg(args, 2, kName) : nullptr;
   const DLTensor* residual = has_res ? TensorArg(args, 3, kName) : nullptr;
-  if (x->ndim != 4 || w->ndim != 4 || out->ndim != 4) {
-    TVM_FFI_THROW(ValueError) << kName << ": expects 4-d NHWC input/output and OHWI weights";
+  const bool blocked = x->ndim == 5;
+  if (blocked ? (out->ndim != 5 || x->shape[4] != kBlock || out->shape[4] != kBlock)
+              : (x->ndim != 4 || out->ndim != 4)) {
+    TVM_FFI_THROW(ValueError) << kName
+                              << ": expects NHWC (4-d) or NCHW8c (5-d) input and output, alike";
   }
-  const int64_t n = x->shape[0], h = x->shape[1], wd = x->shape[2], c = x->shape[3];
+  if (w->ndim != 4) TVM_FFI_THROW(ValueError) << kName << ": expects 4-d OHWI weights";
+  // Logical dims in oneDNN's order, whatever the layout.
+  const int64_t n = x->shape[0];
+  const int64_t c = blocked ? x->shape[1] * kBlock : x->shape[3];
+  const int64_t h = blocked ? x->shape[2] : x->shape[1];
+  const int64_t wd = blocked ? x->shape[3] : x->shape[2];
   const int64_t o = w->shape[0], kh = w->shape[1], kw = w->shape[2];
-  const int64_t oh = out->shape[1], ow = out->shape[2];
+  const int64_t oh = blocked ? out->shape[2] : out->shape[1];
+  const int64_t ow = blocked ? out->shape[3] : out->shape[2];
+  const Tag act_tag = blocked ? Tag::nChw8c : Tag::nhwc;
 
   PrimitiveKey key;
   key.kernel = 0;
   key.weight_id = weight_id;
   key.Add({n, h, wd, c, o, kh, kw, oh, ow, sh, sw, pt, pl, pb, pr, dh, dw, groups, has_bias, has_res,
-           act, static_cast<int64_t>(alpha * 1e6), static_cast<int64_t>(beta * 1e6)});
+           act, static_cast<int64_t>(alpha * 1e6), static_cast<int64_t>(beta * 1e6), blocked});
   Guarded(kName, [&] {
     const CachedPrimitive& prim = GetOrBuild(key, [&] {
       CachedPrimitive p;
       p.has_bias = has_bias != 0;
       p.has_residual = has_res != 0;
-      p.src_md = memory::desc({n, c, h, wd}, kF32, Tag::nhwc);
-      p.dst_md = memory::desc({n, o, oh, ow}, kF32, Tag::nhwc);
+      p.src_md = memory::desc({n, c, h, wd}, kF32, act_tag);
+      p.dst_md = memory::desc({n, o, oh, ow}, kF32, act_tag);
       memory::desc user_w;
       Dims w_dims;
       if (groups == 1) {

@@ -30,6 +30,7 @@ from ..artifact import (
 )
 from ..errors import CompileError, UnsupportedOperatorError
 from . import onnx_prep
+from .dispatch import CONV_LAYOUTS
 from .targets import Target, resolve_target
 
 Progress = Callable[[str], None]
@@ -224,6 +225,7 @@ def compile(
     batch_axis: int | Mapping[str, int | None] | None = None,
     name: str | None = None,
     kernel_library: str | None = "auto",
+    conv_layout: str = "auto",
     progress: Progress | None = None,
 ) -> Artifact:
     """Compile an ONNX model into an artifact directory for `target`, one function per bucket.
@@ -233,7 +235,8 @@ def compile(
     {"x": (None, 128, 768)}. batch_axis: override the detected batch axis (int or per input).
     output: the artifact directory (default: ./<model name>.ember). kernel_library: "dnnl" sends
     conv/matmul to oneDNN kernels in the C++ core, None keeps everything in TVM, "auto" picks
-    oneDNN on x86-64.
+    oneDNN on x86-64. conv_layout: activation layout of library convs, "NHWC", "NCHW8c" or
+    "auto" (NCHW8c for models with depthwise convs, where oneDNN's blocked kernels are faster).
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -242,6 +245,8 @@ def compile(
     resolved = resolve_target(target)
     _check_host_can_build(resolved)
     library = _choose_kernel_library(kernel_library, resolved)
+    if conv_layout not in CONV_LAYOUTS:
+        raise CompileError(f"conv_layout must be one of {CONV_LAYOUTS}, got {conv_layout!r}")
     batched = batch_sizes is not None
     buckets = _validate_buckets(batch_sizes)
     inputs = onnx_prep.graph_inputs(proto)
@@ -270,12 +275,15 @@ def compile(
     in_specs = [TensorSpec(i.name, i.dtype, specs[i.name][0], specs[i.name][1]) for i in inputs]
 
     module = merger.module
-    library_stats: dict[str, int] = {}
+    library_stats: dict[str, Any] = {}
     if library == "dnnl":
         from .dispatch import dispatch_to_dnnl
 
-        module, library_stats = dispatch_to_dnnl(module)
-        say(f"[ember] {library_stats['calls']} conv/matmul chains dispatched to oneDNN")
+        module, library_stats = dispatch_to_dnnl(module, conv_layout)
+        say(
+            f"[ember] {library_stats['calls']} conv/matmul chains dispatched to oneDNN"
+            f" (convs in {library_stats['conv_layout']})"
+        )
     out_dir = Path(output) if output is not None else Path(f"{model_name}.ember")
     say(f"[ember] building for {resolved.name} ({resolved.tvm.get('mcpu', 'generic')})")
     _build_library(module, resolved, out_dir)

@@ -1,6 +1,7 @@
 // oneDNN-backed kernels that the compiler's dispatch pass calls through R.call_dps_packed:
-// conv2d (NHWC/OHWI, grouped, dilated) and matmul (constant or runtime right operand, batched with
-// broadcasting), each with fused bias, residual add and activation post-ops.
+// conv2d (NHWC or NCHW8c activations, OHWI weights, grouped, dilated) and matmul (constant or
+// runtime right operand, batched with broadcasting), each with fused bias, residual add and
+// activation post-ops.
 //
 // Argument conventions (packed, DPS: the output tensor is the last argument) are documented at
 // each kernel in dnnl_kernels.cc and mirrored by python/ember/compiler/dispatch.py.
