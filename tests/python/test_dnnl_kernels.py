@@ -223,9 +223,10 @@ def _depthwise_block_model(stem_channels: int, rng: np.random.Generator) -> onnx
 
 
 @pytest.mark.parametrize("stem_channels", [3, 8])
-def test_auto_layout_blocks_depthwise_models(stem_channels: int, tmp_path: Path) -> None:
+def test_auto_layout_blocks_depthwise_models_only(stem_channels: int, tmp_path: Path) -> None:
     """A model with depthwise convs runs its convs in NCHW8c (a 3-channel stem stays NHWC), with
-    pooling and a residual add between them, and matches ORT; a dense-conv model stays NHWC."""
+    pooling and a residual add between them, and matches ORT; a ResNet-style 3x3 conv with 64
+    input channels stays NHWC."""
     rng = np.random.default_rng(stem_channels)
     model = _depthwise_block_model(stem_channels, rng)
     feeds = {"x": rng.standard_normal((2, stem_channels, 10, 10)).astype(np.float32)}
@@ -233,7 +234,8 @@ def test_auto_layout_blocks_depthwise_models(stem_channels: int, tmp_path: Path)
     assert stats["conv_layout"] == "NCHW8c"
     assert stats["conv2d"] == 3 and stats["residual"] == 1
     assert stats["nchw8c"] == (3 if stem_channels % 8 == 0 else 2)
-    dense, _ = _conv_model(CONV_CASES[-1], rng)
+    resnet_like = (1, 64, 6, 6, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True, "relu")
+    dense, _ = _conv_model(resnet_like, rng)
     artifact = ember.compile(dense, batch_sizes=None, output=tmp_path / "dense")
     assert artifact.manifest["kernel_library"]["conv_layout"] == "NHWC"
 

@@ -4,8 +4,8 @@
 Convolutions are first converted to a layout oneDNN's direct kernels run well on, and constants
 folded so that biases and weights are plain constants the kernels can prepack once. Two activation
 layouts are used, one per model: NHWC, where brgconv is fastest for dense KxK convs (ResNet), and
-NCHW8c (oneDNN's nChw8c), where its depthwise and 1x1 kernels are 1.2-2x faster than in NHWC at
-batch 32 (MobileNet); see `conv_layout` in `dispatch_to_dnnl`.
+NCHW8c (oneDNN's nChw8c), where its depthwise, 1x1 and few-channel kernels are 1.1-2x faster than
+in NHWC (MobileNet, the digits CNN); see `choose_conv_layout`.
 Argument lists here must match cpp/src/kernels/dnnl_kernels.cc.
 """
 
@@ -436,22 +436,38 @@ def _blockable(conv: Any) -> bool:
     return channels_in % _BLOCK == 0 and channels_out % _BLOCK == 0 and len(conv.attrs.padding) == 4
 
 
-def _is_depthwise(conv: Any) -> bool:
+def _prefers_blocked(conv: Any) -> bool:
+    """Whether oneDNN 3.2 (AVX2) runs this conv faster in nChw8c than in NHWC, as measured on the
+    sample models' shapes: depthwise, 1x1 and few-channel KxK convs are 1.1-2x faster blocked;
+    dense KxK convs with more input channels are up to 1.6x faster in NHWC (brgconv)."""
     w = _const(conv.args[1])
+    assert w is not None
     groups = int(conv.attrs.groups)
-    return w is not None and groups > 1 and w.shape[1] == 1 and w.shape[0] == groups
+    depthwise = groups > 1 and int(w.shape[1]) == 1 and int(w.shape[0]) == groups
+    pointwise = int(w.shape[2]) == int(w.shape[3]) == 1
+    return depthwise or pointwise or int(w.shape[1]) * groups <= 32
+
+
+def _flops(conv: Any) -> int:
+    w = _const(conv.args[1])
+    out = _tensor_type(conv)
+    assert w is not None
+    return 2 * math.prod(out[0] if out else w.shape[:1]) * math.prod(w.shape[1:])
 
 
 def choose_conv_layout(mod: Any, requested: str = "auto") -> str:
-    """The activation layout for a model's convs. "auto" picks NCHW8c for models with depthwise
-    convs (MobileNet-style: depthwise + 1x1 convs, which oneDNN runs faster blocked) and NHWC
-    otherwise (dense KxK convs, where its NHWC brgconv is faster)."""
+    """The activation layout for a model's convs. "auto" picks the layout preferred (see
+    `_prefers_blocked`) by the convs holding most of the model's conv FLOPs: NCHW8c for
+    MobileNet-style models (depthwise + 1x1) and small-channel CNNs, NHWC for ResNet-style ones."""
     if requested not in CONV_LAYOUTS:
         raise ValueError(f"conv_layout must be one of {CONV_LAYOUTS}, got {requested!r}")
     if requested != "auto":
         return requested
-    convs = _conv2d_calls(mod)
-    return "NCHW8c" if any(_is_depthwise(c) and _blockable(c) for c in convs) else "NHWC"
+    votes = {True: 0, False: 0}
+    for conv in _conv2d_calls(mod):
+        if _blockable(conv):
+            votes[_prefers_blocked(conv)] += _flops(conv)
+    return "NCHW8c" if votes[True] > votes[False] else "NHWC"
 
 
 def _convert_conv_layouts(mod: Any, layout: str) -> Any:
