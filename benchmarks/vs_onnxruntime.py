@@ -45,7 +45,7 @@ SEED = 0
 RTOL = 1e-3
 ATOL_SCALE = 1e-3  # atol = ATOL_SCALE * max|ORT output|
 MIN_ROUNDS = 5  # never report a median of fewer timed rounds than this
-WARMUP_RUNS = 3
+WARMUP_RUNS = 20
 WARMUP_SECONDS = 1.0
 BLOCK_SECONDS = 0.02  # target length of one engine's block of consecutive runs in a round
 # Pause between blocks so the previous engine's spinning worker threads have gone idle: a
@@ -305,15 +305,17 @@ def _clock(fn: Callable[[], object]) -> float:
 
 
 def _warm_up(fn: Callable[[], object]) -> float:
-    """Run `fn` WARMUP_RUNS times (fewer if that takes over WARMUP_SECONDS); returns the median
-    milliseconds per run."""
+    """Run `fn` WARMUP_RUNS times (fewer if that takes over WARMUP_SECONDS); returns the fastest
+    run's milliseconds, which sizes the blocks. (A median of the first few runs once sized a
+    35 us model's blocks at one run when those runs were slow, and every timed run became a
+    cold one; see time_interleaved.)"""
     samples: list[float] = []
     start = time.perf_counter()
     while len(samples) < WARMUP_RUNS and (
         not samples or time.perf_counter() - start < WARMUP_SECONDS
     ):
         samples.append(_clock(fn))
-    return statistics.median(samples)
+    return min(samples)
 
 
 def time_interleaved(
@@ -330,6 +332,8 @@ def time_interleaved(
     Blocks rather than single alternating runs, with a QUIESCE_SECONDS pause before each: right
     after one engine finishes, its worker threads still spin for a while and slow the other
     engine's next run (measured: up to 2x on either side), which says nothing about either engine.
+    The first run of every block is untimed: after the pause the engine's worker threads sleep,
+    and on this VM waking them took up to 10 ms (for a 0.035 ms model) for either engine.
     """
     est_ember, est_ort = _warm_up(run_ember), _warm_up(run_ort)
     blocks = (
@@ -347,6 +351,7 @@ def time_interleaved(
         medians: dict[int, float] = {}
         for fn, runs in order:
             time.sleep(QUIESCE_SECONDS)
+            fn()  # wakes the engine's sleeping worker threads; untimed
             samples: list[float] = []
             while len(samples) < runs and sum(samples) < 2e3 * BLOCK_SECONDS:
                 samples.append(_clock(fn))  # a block ends early when runs get slow (stalls)
