@@ -436,10 +436,17 @@ def _reusable(
     wanted = {name: tuple(shape) for name, shape in input_shapes.items()}
     return (
         manifest.get("source", {}).get("sha256") == source_sha256
-        and manifest.get("batch_sizes") == [batch]
+        and manifest.get("batch_sizes") == list(buckets_for(batch))
         and all(shapes.get(name) == shape for name, shape in wanted.items())
         and recorded == dict(fingerprint)
     )
+
+
+def buckets_for(batch: int) -> tuple[int, ...]:
+    """The buckets compiled for a batch size: the batch itself, plus its half, so that on 2+
+    threads ember can run a full batch as two single-threaded halves in parallel (the core's batch
+    splitting; ember's default buckets (1, 8, 16, 32) allow the same at 32 rows)."""
+    return (batch // 2, batch) if batch > 1 else (batch,)
 
 
 def compiled_artifact(
@@ -468,7 +475,11 @@ def compiled_artifact(
     stamp.unlink(missing_ok=True)
     start = time.perf_counter()
     artifact = ember.compile(
-        model, batch_sizes=(batch,), input_shapes=dict(input_shapes), output=path, name=name
+        model,
+        batch_sizes=buckets_for(batch),
+        input_shapes=dict(input_shapes),
+        output=path,
+        name=name,
     )
     seconds = time.perf_counter() - start
     stamp.write_text(json.dumps(dict(fingerprint), indent=2) + "\n")

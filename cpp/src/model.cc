@@ -11,9 +11,15 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <cstdlib>
+#include <exception>
 #include <optional>
+#include <vector>
+
+#include <omp.h>
 
 #include "ember/artifact.h"
+#include "ember/batch_plan.h"
 #include "ember/kernels/dnnl_kernels.h"
 #include "ember/parallel.h"
 
@@ -46,17 +52,25 @@ std::string DescribeSpecs(const std::vector<TensorSpec>& specs) {
   return out;
 }
 
-}  // namespace
+// Lanes a request may be split across: one per OpenMP thread (EMBER_NUM_THREADS), unless
+// EMBER_SPLIT_BATCHES=0 (read once). Each lane runs single-threaded, so lanes never
+// oversubscribe cores. Measured on 2 cores at 32 rows as 2 x 16: 4-7% faster for the digits
+// models, 2-4% for MobileNet and the BERT layer, even for ResNet-18.
+int MaxLanes() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("EMBER_SPLIT_BATCHES");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return enabled ? omp_get_max_threads() : 1;
+}
 
-struct Model::Impl {
-  std::string dir;
-  Manifest manifest;
-  std::optional<ffi::Module> library;  // set by Load(); the VM keeps functions from it alive
+// One VM instance with its functions and staging buffers. A VM is not thread-safe: a lane is
+// used by one thread at a time (the Run mutex, then the lane's own OpenMP thread).
+struct Lane {
   std::optional<ffi::Module> vm;
   std::map<int64_t, ffi::Function> functions;  // bucket (or 0 without buckets) -> VM function
   // Staging buffers for padded/split/unaligned inputs, per (bucket, input index); reused.
   std::map<std::pair<int64_t, size_t>, AlignedBuffer> staging;
-  std::mutex run_mutex;  // guards vm, functions' execution and staging
 
   Result<void*> Staging(int64_t bucket, size_t input, size_t nbytes) {
     auto key = std::make_pair(bucket, input);
@@ -67,10 +81,23 @@ struct Model::Impl {
     }
     return it->second.get();
   }
+};
 
-  Result<std::vector<ffi::Tensor>> Invoke(int64_t bucket, std::vector<ffi::Tensor> args);
-  Status RunChunk(const std::vector<TensorView>& inputs, int64_t offset, int64_t rows,
+}  // namespace
+
+struct Model::Impl {
+  std::string dir;
+  Manifest manifest;
+  std::optional<ffi::Module> library;  // set by Load(); the VMs keep functions from it alive
+  std::vector<std::unique_ptr<Lane>> lanes;  // lanes[0] from Load(), more on first parallel run
+  std::mutex run_mutex;  // guards lanes and their use
+
+  Result<std::unique_ptr<Lane>> NewLane();
+  Result<std::vector<ffi::Tensor>> Invoke(Lane& lane, int64_t bucket, std::vector<ffi::Tensor> args);
+  Status RunChunk(Lane& lane, const std::vector<TensorView>& inputs, const Chunk& chunk,
                   int64_t total_rows, std::vector<HostTensor>* outputs);
+  Status RunLanes(const std::vector<std::vector<Chunk>>& plan, const std::vector<TensorView>& inputs,
+                  int64_t rows, std::vector<HostTensor>* outputs);
 };
 
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -93,29 +120,41 @@ Result<std::unique_ptr<Model>> Model::Load(const std::string& artifact_dir) {
     // TVM's parallel loops join oneDNN's OpenMP pool rather than starting a second pool.
     Result<bool> shared_pool = UseSharedThreadPool(copy->path());
     if (!shared_pool.ok()) return shared_pool.status();
-    auto load_exec = (*impl->library)->GetFunction("vm_load_executable");
+  } catch (const ffi::Error& err) {
+    return FromTvmError("loading '" + so_path + "' failed", err);
+  }
+  EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Lane> lane, impl->NewLane());
+  impl->lanes.push_back(std::move(lane));
+  return std::unique_ptr<Model>(new Model(std::move(impl)));
+}
+
+Result<std::unique_ptr<Lane>> Model::Impl::NewLane() {
+  const std::string so_path = JoinPath(dir, manifest.library);
+  auto lane = std::make_unique<Lane>();
+  try {
+    auto load_exec = (*library)->GetFunction("vm_load_executable");
     if (!load_exec.has_value()) {
       return Status::RuntimeError("'" + so_path + "' is not a Relax VM executable");
     }
-    impl->vm = (*load_exec)().cast<ffi::Module>();
-    auto init = (*impl->vm)->GetFunction("vm_initialization");
+    lane->vm = (*load_exec)().cast<ffi::Module>();
+    auto init = (*lane->vm)->GetFunction("vm_initialization");
     if (!init.has_value()) return Status::RuntimeError("VM has no vm_initialization");
     (*init)(static_cast<int>(kDLCPU), 0, kVmPooledAllocator);
-    std::vector<int64_t> buckets = impl->manifest.batch_sizes;
+    std::vector<int64_t> buckets = manifest.batch_sizes;
     if (buckets.empty()) buckets.push_back(0);
     for (int64_t bucket : buckets) {
-      const std::string name = impl->manifest.FunctionName(bucket);
-      auto fn = (*impl->vm)->GetFunction(name);
+      const std::string name = manifest.FunctionName(bucket);
+      auto fn = (*lane->vm)->GetFunction(name);
       if (!fn.has_value()) {
         return Status::RuntimeError("library '" + so_path + "' has no function '" + name +
                                     "' listed by the manifest; the artifact is inconsistent");
       }
-      impl->functions.emplace(bucket, *fn);
+      lane->functions.emplace(bucket, *fn);
     }
   } catch (const ffi::Error& err) {
-    return FromTvmError("loading '" + so_path + "' failed", err);
+    return FromTvmError("creating a VM for '" + so_path + "' failed", err);
   }
-  return std::unique_ptr<Model>(new Model(std::move(impl)));
+  return lane;
 }
 
 Result<std::pair<std::vector<TensorView>, int64_t>> Model::ValidateInputs(
@@ -181,12 +220,12 @@ Result<std::pair<std::vector<TensorView>, int64_t>> Model::ValidateInputs(
   return std::make_pair(std::move(out), rows < 0 ? int64_t{0} : rows);
 }
 
-Result<std::vector<ffi::Tensor>> Model::Impl::Invoke(int64_t bucket,
+Result<std::vector<ffi::Tensor>> Model::Impl::Invoke(Lane& lane, int64_t bucket,
                                                      std::vector<ffi::Tensor> args) {
   std::vector<ffi::AnyView> packed(args.begin(), args.end());
   ffi::Any result;
   try {
-    functions.at(bucket).CallPacked(packed.data(), static_cast<int32_t>(packed.size()), &result);
+    lane.functions.at(bucket).CallPacked(packed.data(), static_cast<int32_t>(packed.size()), &result);
   } catch (const ffi::Error& err) {
     return FromTvmError("running '" + manifest.model_name + "' (" + manifest.FunctionName(bucket) +
                             ") failed",
@@ -212,13 +251,9 @@ Result<std::vector<ffi::Tensor>> Model::Impl::Invoke(int64_t bucket,
   return outs;
 }
 
-Status Model::Impl::RunChunk(const std::vector<TensorView>& inputs, int64_t offset, int64_t rows,
+Status Model::Impl::RunChunk(Lane& lane, const std::vector<TensorView>& inputs, const Chunk& chunk,
                              int64_t total_rows, std::vector<HostTensor>* outputs) {
-  int64_t bucket = 0;
-  if (manifest.has_batch_axis()) {
-    auto it = std::lower_bound(manifest.batch_sizes.begin(), manifest.batch_sizes.end(), rows);
-    bucket = *it;  // callers never pass more rows than the largest bucket
-  }
+  const int64_t offset = chunk.offset, rows = chunk.rows, bucket = chunk.bucket;
   std::vector<ffi::Tensor> args;
   args.reserve(inputs.size());
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -229,7 +264,7 @@ Status Model::Impl::RunChunk(const std::vector<TensorView>& inputs, int64_t offs
     void* data = const_cast<void*>(view.data);  // TVM takes non-const; inputs are never written
     if (!whole || !IsAligned(view.data)) {
       const size_t nbytes = static_cast<size_t>(NumElements(shape)) * DTypeBytes(spec.dtype);
-      EMBER_ASSIGN_OR_RETURN(data, Staging(bucket, i, nbytes));
+      EMBER_ASSIGN_OR_RETURN(data, lane.Staging(bucket, i, nbytes));
       if (spec.has_batch_axis()) {
         CopyRows(view, spec.batch_axis, offset, data, shape, 0, rows);
         // Zero the padding rows: the staging buffer still holds an earlier call's rows.
@@ -241,7 +276,7 @@ Status Model::Impl::RunChunk(const std::vector<TensorView>& inputs, int64_t offs
     args.push_back(ffi::Tensor::FromNDAlloc(BorrowedMemory{data}, ffi::ShapeView(shape.data(), shape.size()),
                                             spec.dtype, DLDevice{kDLCPU, 0}));
   }
-  EMBER_ASSIGN_OR_RETURN(std::vector<ffi::Tensor> results, Invoke(bucket, std::move(args)));
+  EMBER_ASSIGN_OR_RETURN(std::vector<ffi::Tensor> results, Invoke(lane, bucket, std::move(args)));
   for (size_t i = 0; i < results.size(); ++i) {
     const TensorSpec& spec = manifest.outputs[i];
     const ffi::Tensor& result = results[i];
@@ -277,15 +312,47 @@ Result<std::vector<HostTensor>> Model::Run(const NamedTensorViews& inputs) {
   }
   std::lock_guard<std::mutex> lock(impl_->run_mutex);
   if (!m.has_batch_axis()) {
-    EMBER_RETURN_IF_ERROR(impl_->RunChunk(views, 0, 0, 0, &outputs));
+    EMBER_RETURN_IF_ERROR(impl_->RunChunk(*impl_->lanes[0], views, Chunk{}, 0, &outputs));
     return outputs;
   }
-  const int64_t largest = m.batch_sizes.back();
-  for (int64_t offset = 0; offset < rows; offset += largest) {
-    const int64_t take = std::min(largest, rows - offset);
-    EMBER_RETURN_IF_ERROR(impl_->RunChunk(views, offset, take, rows, &outputs));
+  const auto plan = PlanLanes(rows, m.batch_sizes, MaxLanes());
+  if (plan.size() == 1) {
+    for (const Chunk& chunk : plan.front()) {
+      EMBER_RETURN_IF_ERROR(impl_->RunChunk(*impl_->lanes[0], views, chunk, rows, &outputs));
+    }
+    return outputs;
   }
+  EMBER_RETURN_IF_ERROR(impl_->RunLanes(plan, views, rows, &outputs));
   return outputs;
+}
+
+// Runs each lane's chunks on its own VM and OpenMP thread, single-threaded inside (nested
+// parallel regions run serially), so lanes x 1 thread never exceeds the pool. Lanes write
+// disjoint rows of `outputs`. Called with run_mutex held.
+Status Model::Impl::RunLanes(const std::vector<std::vector<Chunk>>& plan,
+                             const std::vector<TensorView>& inputs, int64_t rows,
+                             std::vector<HostTensor>* outputs) {
+  while (lanes.size() < plan.size()) {
+    EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Lane> lane, NewLane());
+    lanes.push_back(std::move(lane));
+  }
+  const int count = static_cast<int>(plan.size());
+  std::vector<Status> statuses(plan.size());
+#pragma omp parallel for schedule(static, 1) num_threads(count)
+  for (int i = 0; i < count; ++i) {
+    omp_set_num_threads(1);  // this lane's kernels (oneDNN, TVM loops) size themselves for one
+    try {
+      for (const Chunk& chunk : plan[static_cast<size_t>(i)]) {
+        statuses[static_cast<size_t>(i)] = RunChunk(*lanes[static_cast<size_t>(i)], inputs, chunk,
+                                                    rows, outputs);
+        if (!statuses[static_cast<size_t>(i)].ok()) break;
+      }
+    } catch (const std::exception& err) {  // nothing may escape an OpenMP region
+      statuses[static_cast<size_t>(i)] = Status::Internal(std::string("lane failed: ") + err.what());
+    }
+  }
+  for (const Status& status : statuses) EMBER_RETURN_IF_ERROR(status);
+  return Status::Ok();
 }
 
 }  // namespace ember::runtime

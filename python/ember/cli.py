@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-sizes",
         type=_parse_batch_sizes,
-        default=[1, 8, 32],
-        help="batch buckets, e.g. 1,8,32 (or 'none' for the declared shapes)",
+        default=[1, 8, 16, 32],
+        help="batch buckets, e.g. 1,8,16,32 (or 'none' for the declared shapes)",
     )
     p.add_argument(
         "--input-shape",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from helpers import assert_matches_ort, mlp, ort_run
@@ -93,3 +97,32 @@ def test_missing_artifact_is_a_clear_error(tmp_path) -> None:  # type: ignore[no
     (tmp_path / "empty").mkdir()
     with pytest.raises(ember.ArtifactNotFoundError, match=r"checksums\.json is missing"):
         ember.load(tmp_path / "empty")
+
+
+_SPLIT_SCRIPT = """
+import sys
+import numpy as np
+import ember
+model = ember.load(sys.argv[1])
+rng = np.random.default_rng(0)
+for rows in (8, 7, 2, 20, 33):
+    x = rng.standard_normal((rows, 16)).astype(np.float32)
+    np.save(f"{sys.argv[2]}/x{rows}.npy", x)
+    np.save(f"{sys.argv[2]}/y{rows}.npy", model.run({"x": x})["y"])
+"""
+
+
+@pytest.mark.parametrize("split", ["1", "0"])
+def test_requests_split_across_lanes_match_ort(tmp_path, split: str) -> None:  # type: ignore[no-untyped-def]
+    """With 2 threads, rows whose halves fit a smaller bucket run as two parallel lanes (8 rows
+    as 2 x 4, 20 as 2 x (8 + 2)); results must equal ORT's either way, including rows the lanes
+    split unevenly. Runs in a subprocess: the lane count is fixed when the core starts."""
+    model = mlp()
+    artifact = ember.compile(model, batch_sizes=(2, 4, 8), output=tmp_path / "a")
+    env = {**os.environ, "EMBER_NUM_THREADS": "2", "EMBER_SPLIT_BATCHES": split}
+    command = [sys.executable, "-c", _SPLIT_SCRIPT, str(artifact.path), str(tmp_path)]
+    subprocess.run(command, env=env, check=True)
+    for rows in (8, 7, 2, 20, 33):
+        x = np.load(tmp_path / f"x{rows}.npy")
+        got = {"y": np.load(tmp_path / f"y{rows}.npy")}
+        assert_matches_ort(got, ort_run(model, {"x": x}))

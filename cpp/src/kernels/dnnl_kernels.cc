@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <dnnl.hpp>
+#include <omp.h>
 #include <algorithm>
 #include <array>
 #include <initializer_list>
@@ -113,11 +114,13 @@ struct CachedPrimitive {
   bool has_residual = false;
 };
 
-// Identifies a primitive: the kernel, the weight's content id and every shape and attribute that
-// shapes it. Fixed-size so that a lookup on the hot path allocates nothing.
+// Identifies a primitive: the kernel, the weight's content id, the threads it is built for (a
+// batch-splitting lane runs kernels single-threaded) and every shape and attribute that shapes
+// it. Fixed-size so that a lookup on the hot path allocates nothing.
 struct PrimitiveKey {
   static constexpr size_t kMaxFields = 48;
   int kernel = 0;
+  int threads = omp_get_max_threads();
   int64_t weight_id = 0;
   std::array<int64_t, kMaxFields> fields{};
   size_t size = 0;
@@ -133,7 +136,8 @@ struct PrimitiveKey {
     for (int64_t v : values) Add(v);
   }
   bool operator==(const PrimitiveKey& other) const {
-    return kernel == other.kernel && weight_id == other.weight_id && size == other.size &&
+    return kernel == other.kernel && threads == other.threads && weight_id == other.weight_id &&
+           size == other.size &&
            std::equal(fields.begin(), fields.begin() + size, other.fields.begin());
   }
 };
@@ -142,6 +146,7 @@ struct PrimitiveKeyHash {
   size_t operator()(const PrimitiveKey& key) const {
     uint64_t h = 1469598103934665603ull ^ static_cast<uint64_t>(key.kernel);
     auto mix = [&h](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+    mix(static_cast<uint64_t>(key.threads));
     mix(static_cast<uint64_t>(key.weight_id));
     for (size_t i = 0; i < key.size; ++i) mix(static_cast<uint64_t>(key.fields[i]));
     return static_cast<size_t>(h);

@@ -218,7 +218,7 @@ def _host_info() -> dict[str, Any]:
 def compile(
     model: str | os.PathLike[str] | onnx.ModelProto,
     target: str | Mapping[str, Any] = "cpu",
-    batch_sizes: Sequence[int] | None = (1, 8, 32),
+    batch_sizes: Sequence[int] | None = (1, 8, 16, 32),
     output: str | os.PathLike[str] | None = None,
     *,
     input_shapes: Mapping[str, Sequence[int | None]] | None = None,
