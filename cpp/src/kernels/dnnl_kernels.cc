@@ -8,6 +8,7 @@
 #include <tvm/ffi/reflection/registry.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <dnnl.hpp>
 #include <omp.h>
 #include <algorithm>
@@ -242,6 +243,35 @@ void Execute(const CachedPrimitive& p, const void* src, const void* weights, con
   ThreadStream().wait();
 }
 
+// Primitives below this many FLOPs are built for and run on the calling thread alone: waking
+// the pool's other threads costs more than splitting the work saves (a 1x64x128 matmul is ~1 us
+// of work). EMBER_DNNL_SERIAL_MAX_FLOPS overrides it (read once; 0 disables).
+double SerialMaxFlops() {
+  static const double flops = [] {
+    const char* env = std::getenv("EMBER_DNNL_SERIAL_MAX_FLOPS");
+    return env != nullptr ? std::atof(env) : 5e5;
+  }();
+  return flops;
+}
+
+// While alive, makes the calling thread's OpenMP regions (and so oneDNN's) single-threaded when
+// the primitive is small. Construct it before the PrimitiveKey, which records the thread count.
+class SerialIfSmall {
+ public:
+  explicit SerialIfSmall(double flops)
+      : saved_(flops < SerialMaxFlops() && !omp_in_parallel() ? omp_get_max_threads() : 0) {
+    if (saved_ > 1) omp_set_num_threads(1);
+  }
+  ~SerialIfSmall() {
+    if (saved_ > 1) omp_set_num_threads(saved_);
+  }
+  SerialIfSmall(const SerialIfSmall&) = delete;
+  SerialIfSmall& operator=(const SerialIfSmall&) = delete;
+
+ private:
+  int saved_;
+};
+
 template <typename Fn>
 void Guarded(const char* kernel, Fn&& fn) {
   try {
@@ -290,6 +320,8 @@ void Conv2d(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   const int64_t ow = blocked ? out->shape[3] : out->shape[2];
   const Tag act_tag = blocked ? Tag::nChw8c : Tag::nhwc;
 
+  const SerialIfSmall serial(2.0 * static_cast<double>(n * o * oh * ow) *
+                             static_cast<double>(c / groups * kh * kw));
   PrimitiveKey key;
   key.kernel = 0;
   key.weight_id = weight_id;
@@ -371,6 +403,9 @@ void Matmul(ffi::PackedArgs args, ffi::Any* /*rv*/) {
     b_dims = pad(b);
     out_dims = ShapeOf(out);
   }
+  double flops = 2.0 * static_cast<double>(k);
+  for (int64_t d : out_dims) flops *= static_cast<double>(d);
+  const SerialIfSmall serial(flops);
   PrimitiveKey key;
   key.kernel = 1;
   key.weight_id = b_const ? weight_id : 0;
