@@ -22,6 +22,7 @@ from .errors import (  # noqa: E402
     UnsupportedOperatorError,
 )
 from .model import Model, load  # noqa: E402
+from .tune import TuneBudget  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ __all__ = [
     "InvalidInputError",
     "Model",
     "TensorSpec",
+    "TuneBudget",
     "UnknownTargetError",
     "UnsupportedOperatorError",
     "__version__",

@@ -12,6 +12,10 @@ from typing import Any
 import numpy as np
 
 from .errors import EmberError
+from .tune import TuneBudget
+
+# Mirrors ember.compiler.dispatch.CONV_LAYOUTS (not imported: it would load the compiler).
+CONV_LAYOUT_CHOICES = ("auto", "NHWC", "NCHW8c")
 
 
 def _parse_batch_sizes(text: str) -> list[int] | None:
@@ -59,6 +63,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         input_shapes=dict(args.input_shape) if args.input_shape else None,
         batch_axis=args.batch_axis,
         name=args.name,
+        conv_layout=args.conv_layout,
+        tune=TuneBudget(trials=args.tune_trials) if args.tune_trials else None,
         progress=lambda msg: print(msg, file=sys.stderr),
     )
     print(artifact.path)
@@ -161,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-axis", type=int, default=None, help="override the batch axis")
     p.add_argument("--name", default=None, help="model name in the manifest")
+    p.add_argument(
+        "--conv-layout", default="auto", choices=CONV_LAYOUT_CHOICES, help="library conv layout"
+    )
+    p.add_argument(
+        "--tune-trials",
+        type=int,
+        default=0,
+        help="MetaSchedule trials for TVM-generated loops (0: none); cached on disk",
+    )
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
     p.set_defaults(func=_cmd_compile)
 

@@ -101,3 +101,10 @@ def test_console_script_demo(tmp_path: Path) -> None:
     diff_line = next(line for line in lines if line.startswith("max |ember - ORT|"))
     assert float(diff_line.split(":")[1].split()[0]) <= 1e-4
     assert "PASS" in result.stdout
+
+
+def test_cli_conv_layout_choices_match_the_compiler() -> None:
+    from ember.cli import CONV_LAYOUT_CHOICES
+    from ember.compiler.dispatch import CONV_LAYOUTS
+
+    assert CONV_LAYOUT_CHOICES == CONV_LAYOUTS

@@ -29,9 +29,12 @@ from ..artifact import (
     write_checksums,
 )
 from ..errors import CompileError, UnsupportedOperatorError
+from ..tune import TuneBudget
 from . import onnx_prep
 from .dispatch import CONV_LAYOUTS
 from .targets import Target, resolve_target
+from .tuning import TuningReport
+from .tuning import tune as tune_module
 
 Progress = Callable[[str], None]
 
@@ -226,6 +229,7 @@ def compile(
     name: str | None = None,
     kernel_library: str | None = "auto",
     conv_layout: str = "auto",
+    tune: TuneBudget | None = None,
     progress: Progress | None = None,
 ) -> Artifact:
     """Compile an ONNX model into an artifact directory for `target`, one function per bucket.
@@ -238,6 +242,9 @@ def compile(
     oneDNN on x86-64. conv_layout: activation layout of library convs, "NHWC", "NCHW8c" or
     "auto" (the layout oneDNN runs most of the model's conv FLOPs fastest in: NCHW8c for
     depthwise, 1x1 and few-channel convs, NHWC for dense convs with more channels).
+    tune: a `TuneBudget` runs MetaSchedule on the loop nests TVM still generates, caching the
+    results on disk so that compiling the same model again skips the search (default: no tuning;
+    default schedules only).
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -246,6 +253,8 @@ def compile(
     resolved = resolve_target(target)
     _check_host_can_build(resolved)
     library = _choose_kernel_library(kernel_library, resolved)
+    if tune is not None and not isinstance(tune, TuneBudget):
+        raise CompileError(f"tune must be a TuneBudget or None, got {tune!r}")
     if conv_layout not in CONV_LAYOUTS:
         raise CompileError(f"conv_layout must be one of {CONV_LAYOUTS}, got {conv_layout!r}")
     batched = batch_sizes is not None
@@ -287,7 +296,7 @@ def compile(
         )
     out_dir = Path(output) if output is not None else Path(f"{model_name}.ember")
     say(f"[ember] building for {resolved.name} ({resolved.tvm.get('mcpu', 'generic')})")
-    _build_library(module, resolved, out_dir)
+    tuning = _build_library(module, resolved, out_dir, tune, say)
     manifest = {
         "format_version": FORMAT_VERSION,
         "model_name": model_name,
@@ -303,7 +312,7 @@ def compile(
         "target": resolved.to_json(),
         "precision": "fp32",
         "kernel_library": {"name": library, **library_stats} if library else None,
-        "tuning": None,
+        "tuning": tuning.to_json() if tuning is not None else None,
         "versions": {
             "ember": _ember_version(),
             "tvm": metadata.version("apache-tvm"),
@@ -405,16 +414,24 @@ def _output_specs(
     return out
 
 
-def _build_library(mod: Any, target: Target, out_dir: Path) -> None:
+def _build_library(
+    mod: Any, target: Target, out_dir: Path, tune: TuneBudget | None, say: Progress
+) -> TuningReport | None:
     import tvm
 
-    tvm_target = tvm.target.Target(target.tvm)
-    try:
-        from .pipeline import cpu_pipeline
+    from .pipeline import cpu_pipeline, front_passes
 
+    tvm_target = tvm.target.Target(target.tvm)
+    database, report = None, None
+    if tune is not None:
+        with tvm_target:
+            legal = tvm.transform.Sequential(front_passes(tvm_target))(mod)
+        database, report = tune_module(legal, tvm_target, tune, say)
+    try:
         # cpu_pipeline: TVM's CPU passes (with fusion) plus ember's default schedules, so no
         # TVM-generated loop nest runs serial and scalar.
-        executable = tvm.compile(mod, target=tvm_target, relax_pipeline=cpu_pipeline(tvm_target))
+        pipeline = cpu_pipeline(tvm_target, database=database)
+        executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     except Exception as exc:
         raise CompileError(f"TVM failed to compile for {target.name}: {exc}") from exc
     if out_dir.exists():
@@ -433,3 +450,4 @@ def _build_library(mod: Any, target: Target, out_dir: Path) -> None:
             detail = log.read_text(errors="replace")[-2000:]
             raise CompileError(f"linking the compiled library failed: {exc}\n{detail}") from exc
         shutil.move(str(tmp_lib), out_dir / LIBRARY_FILE)
+    return report
