@@ -9,10 +9,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <map>
-#include <mutex>
 #include <cstdlib>
 #include <exception>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -55,7 +55,8 @@ std::string DescribeSpecs(const std::vector<TensorSpec>& specs) {
 // Lanes a request may be split across: one per OpenMP thread (EMBER_NUM_THREADS), unless
 // EMBER_SPLIT_BATCHES=0 (read once). Each lane runs single-threaded, so lanes never
 // oversubscribe cores. Measured on 2 cores at 32 rows as 2 x 16: 4-7% faster for the digits
-// models, 2-4% for MobileNet and the BERT layer, even for ResNet-18.
+// models, 2-4% for MobileNet and the BERT layer, neutral for ResNet-18. A lane's VM holds its
+// own activation memory, so a split model uses up to lanes x the memory of one.
 int MaxLanes() {
   static const bool enabled = [] {
     const char* env = std::getenv("EMBER_SPLIT_BATCHES");

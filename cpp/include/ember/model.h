@@ -15,8 +15,9 @@ namespace ember::runtime {
 using NamedTensorViews = std::vector<std::pair<std::string, TensorView>>;
 
 // Thread-safety: Load() may be called from any thread. Run() is safe to call concurrently but
-// serializes callers on an internal mutex because a TVM VM instance is not thread-safe; serving
-// many callers in parallel is the Engine's job (one VM per executor lane).
+// serializes callers on an internal mutex because a TVM VM instance is not thread-safe. Within
+// one call, rows may be split across parallel lanes, each with its own VM (see Run); serving
+// many callers in parallel is the Engine's job.
 class Model {
  public:
   // Verifies checksums and host compatibility (OpenArtifact), and only then loads the compiled
@@ -32,6 +33,8 @@ class Model {
   // Runs the model on `inputs` (every manifest input exactly once, by name, C-contiguous host
   // memory that stays valid during the call). n rows run on the smallest bucket >= n (zero-padded,
   // outputs sliced back to n rows) and are split across runs when n exceeds the largest bucket.
+  // With more than one OpenMP thread, the rows are split across parallel single-threaded lanes
+  // when that pads no more than one run would (PlanLanes; EMBER_SPLIT_BATCHES=0 turns it off).
   // Inputs that exactly fill a bucket and are 64-byte aligned are passed to TVM without a copy.
   // Returns one owned tensor per manifest output, in manifest order.
   Result<std::vector<HostTensor>> Run(const NamedTensorViews& inputs);
