@@ -1,0 +1,129 @@
+#include "ember/memory_pool.h"
+
+#include <cstdlib>
+#include <string>
+#include <utility>
+
+namespace ember::memory {
+
+SystemAllocator SystemAllocator::Default() {
+  return SystemAllocator{
+      [](size_t nbytes) { return std::aligned_alloc(MemoryPool::kAlignmentBytes, nbytes); },
+      [](void* ptr) { std::free(ptr); }};
+}
+
+Block::~Block() { Reset(); }
+
+Block::Block(Block&& other) noexcept
+    : pool_(std::move(other.pool_)),
+      data_(std::exchange(other.data_, nullptr)),
+      capacity_bytes_(std::exchange(other.capacity_bytes_, 0)) {}
+
+Block& Block::operator=(Block&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    pool_ = std::move(other.pool_);
+    data_ = std::exchange(other.data_, nullptr);
+    capacity_bytes_ = std::exchange(other.capacity_bytes_, 0);
+  }
+  return *this;
+}
+
+void Block::Reset() noexcept {
+  if (data_ != nullptr) pool_->Return(data_, capacity_bytes_);
+  data_ = nullptr;
+  capacity_bytes_ = 0;
+  pool_.reset();
+}
+
+std::shared_ptr<MemoryPool> MemoryPool::Create(size_t max_cached_bytes, SystemAllocator allocator) {
+  return std::shared_ptr<MemoryPool>(new MemoryPool(max_cached_bytes, std::move(allocator)));
+}
+
+MemoryPool::MemoryPool(size_t max_cached_bytes, SystemAllocator allocator)
+    : max_cached_bytes_(max_cached_bytes), allocator_(std::move(allocator)) {
+  for (auto& list : free_lists_) list.reserve(8);
+}
+
+MemoryPool::~MemoryPool() { Trim(); }  // no Block can be alive: each holds a reference
+
+size_t MemoryPool::CapacityFor(size_t nbytes) {
+  if (nbytes > kMaxPooledBytes) return (nbytes + kAlignmentBytes - 1) / kAlignmentBytes * kAlignmentBytes;
+  size_t capacity = kMinBlockBytes;
+  while (capacity < nbytes) capacity <<= 1;
+  return capacity;
+}
+
+int MemoryPool::ClassOf(size_t capacity_bytes) {
+  if (capacity_bytes > kMaxPooledBytes) return -1;
+  int index = 0;
+  for (size_t size = kMinBlockBytes; size < capacity_bytes; size <<= 1) ++index;
+  return index;
+}
+
+Result<Block> MemoryPool::Allocate(size_t nbytes) {
+  const size_t capacity = CapacityFor(nbytes);
+  const int size_class = ClassOf(capacity);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (size_class >= 0 && !free_lists_[static_cast<size_t>(size_class)].empty()) {
+      auto& list = free_lists_[static_cast<size_t>(size_class)];
+      void* data = list.back();
+      list.pop_back();
+      ++stats_.hits;
+      stats_.bytes_cached -= capacity;
+      stats_.bytes_in_use += capacity;
+      stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
+      return Block(shared_from_this(), data, capacity);
+    }
+    ++stats_.misses;
+  }
+  void* data = allocator_.allocate(capacity);  // outside the lock: may be slow
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (data == nullptr) {
+    ++stats_.failures;
+    return Status::RuntimeError("out of memory: the memory pool could not allocate a " +
+                                std::to_string(capacity) + "-byte block (for " +
+                                std::to_string(nbytes) + " bytes)");
+  }
+  ++stats_.allocations;
+  stats_.bytes_in_use += capacity;
+  stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
+  return Block(shared_from_this(), data, capacity);
+}
+
+void MemoryPool::Return(void* data, size_t capacity_bytes) noexcept {
+  const int size_class = ClassOf(capacity_bytes);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.bytes_in_use -= capacity_bytes;
+    if (size_class >= 0 && stats_.bytes_cached + capacity_bytes <= max_cached_bytes_) {
+      try {
+        free_lists_[static_cast<size_t>(size_class)].push_back(data);
+        stats_.bytes_cached += capacity_bytes;
+        return;
+      } catch (...) {  // the list could not grow: free the block instead
+      }
+    }
+  }
+  allocator_.release(data);
+}
+
+PoolStats MemoryPool::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+void MemoryPool::Trim() {
+  std::array<std::vector<void*>, kNumClasses> cached;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    cached.swap(free_lists_);
+    stats_.bytes_cached = 0;
+  }
+  for (auto& list : cached) {
+    for (void* data : list) allocator_.release(data);
+  }
+}
+
+}  // namespace ember::memory
