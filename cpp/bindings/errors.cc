@@ -10,7 +10,7 @@ namespace {
 // Python exception classes per StatusCode, resolved from ember.errors at import time. Kept alive
 // for the life of the interpreter (module objects are never unloaded).
 py::object& ExceptionFor(StatusCode code) {
-  static py::object classes[7];
+  static py::object classes[kNumStatusCodes];
   return classes[static_cast<int>(code)];
 }
 

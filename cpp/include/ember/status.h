@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cassert>
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <utility>
@@ -19,6 +20,7 @@ enum class StatusCode : int {
   kRuntimeError = 5,     // failure inside the TVM runtime or a kernel
   kInternal = 6,         // a bug in ember
 };
+constexpr size_t kNumStatusCodes = 7;  // one past the last StatusCode
 
 const char* StatusCodeName(StatusCode code);
 
