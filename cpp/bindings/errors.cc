@@ -25,6 +25,9 @@ void BindErrors(py::module_& m) {
       {StatusCode::kIncompatible, "IncompatibleArtifactError"},
       {StatusCode::kRuntimeError, "ExecutionError"},
       {StatusCode::kInternal, "InternalError"},
+      {StatusCode::kDeadlineExceeded, "TimeoutError"},
+      {StatusCode::kQueueFull, "QueueFullError"},
+      {StatusCode::kClosed, "EngineClosedError"},
   };
   for (const auto& [code, name] : table) ExceptionFor(code) = errors.attr(name);
   m.def("_status_code_name", [](int code) {

@@ -96,9 +96,11 @@ struct Model::Impl {
   Result<std::unique_ptr<Lane>> NewLane();
   Result<std::vector<ffi::Tensor>> Invoke(Lane& lane, int64_t bucket, std::vector<ffi::Tensor> args);
   Status RunChunk(Lane& lane, const std::vector<TensorView>& inputs, const Chunk& chunk,
-                  int64_t total_rows, std::vector<HostTensor>* outputs);
+                  int64_t total_rows, const std::vector<OutputBuffer>& outputs);
+  Status RunSerial(Lane& lane, const std::vector<TensorView>& inputs, int64_t rows,
+                   const std::vector<OutputBuffer>& outputs);
   Status RunLanes(const std::vector<std::vector<Chunk>>& plan, const std::vector<TensorView>& inputs,
-                  int64_t rows, std::vector<HostTensor>* outputs);
+                  int64_t rows, const std::vector<OutputBuffer>& outputs);
 };
 
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -160,24 +162,28 @@ Result<std::unique_ptr<Lane>> Model::Impl::NewLane() {
 
 Result<std::pair<std::vector<TensorView>, int64_t>> Model::ValidateInputs(
     const NamedTensorViews& inputs) const {
-  const Manifest& m = impl_->manifest;
-  std::vector<const TensorView*> ordered(m.inputs.size(), nullptr);
+  return runtime::ValidateInputs(impl_->manifest.inputs, inputs);
+}
+
+Result<std::pair<std::vector<TensorView>, int64_t>> ValidateInputs(
+    const std::vector<TensorSpec>& specs, const NamedTensorViews& inputs) {
+  std::vector<const TensorView*> ordered(specs.size(), nullptr);
   for (const auto& [name, view] : inputs) {
-    auto it = std::find_if(m.inputs.begin(), m.inputs.end(),
+    auto it = std::find_if(specs.begin(), specs.end(),
                            [&](const TensorSpec& s) { return s.name == name; });
-    if (it == m.inputs.end()) {
+    if (it == specs.end()) {
       return Status::InvalidArgument("unknown input '" + name + "'; the model's inputs are: " +
-                                     DescribeSpecs(m.inputs));
+                                     DescribeSpecs(specs));
     }
-    const size_t index = static_cast<size_t>(it - m.inputs.begin());
+    const size_t index = static_cast<size_t>(it - specs.begin());
     if (ordered[index] != nullptr) return Status::InvalidArgument("input '" + name + "' given twice");
     ordered[index] = &view;
   }
   int64_t rows = -1;
   std::string rows_from;
   std::vector<TensorView> out;
-  for (size_t i = 0; i < m.inputs.size(); ++i) {
-    const TensorSpec& spec = m.inputs[i];
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const TensorSpec& spec = specs[i];
     if (ordered[i] == nullptr) {
       return Status::InvalidArgument("missing input '" + spec.name + "' (expected " +
                                      spec.ToString() + ")");
@@ -253,7 +259,7 @@ Result<std::vector<ffi::Tensor>> Model::Impl::Invoke(Lane& lane, int64_t bucket,
 }
 
 Status Model::Impl::RunChunk(Lane& lane, const std::vector<TensorView>& inputs, const Chunk& chunk,
-                             int64_t total_rows, std::vector<HostTensor>* outputs) {
+                             int64_t total_rows, const std::vector<OutputBuffer>& outputs) {
   const int64_t offset = chunk.offset, rows = chunk.rows, bucket = chunk.bucket;
   std::vector<ffi::Tensor> args;
   args.reserve(inputs.size());
@@ -289,11 +295,11 @@ Status Model::Impl::RunChunk(Lane& lane, const std::vector<TensorView>& inputs, 
                                   ", the manifest declares " + spec.ToString());
     }
     TensorView src{static_cast<const char*>(result.data_ptr()) + result.byte_offset(), spec.dtype, got};
-    HostTensor& dst = (*outputs)[i];
+    const OutputBuffer& dst = outputs[i];
     if (spec.has_batch_axis()) {
-      CopyRows(src, spec.batch_axis, 0, dst.data(), dst.shape(), offset, rows);
+      CopyRows(src, spec.batch_axis, 0, dst.data, dst.shape, offset, rows);
     } else if (offset == 0) {
-      std::memcpy(dst.data(), src.data, dst.nbytes());
+      std::memcpy(dst.data, src.data, src.nbytes());
     }
   }
   return Status::Ok();
@@ -306,25 +312,50 @@ Result<std::vector<HostTensor>> Model::Run(const NamedTensorViews& inputs) {
   const Manifest& m = impl_->manifest;
 
   std::vector<HostTensor> outputs;
+  std::vector<OutputBuffer> buffers;
   outputs.reserve(m.outputs.size());
   for (const TensorSpec& spec : m.outputs) {
     EMBER_ASSIGN_OR_RETURN(HostTensor out, HostTensor::Allocate(spec.dtype, spec.ShapeWithBatch(rows)));
+    buffers.push_back(OutputBuffer{out.data(), out.shape()});
     outputs.push_back(std::move(out));
   }
   std::lock_guard<std::mutex> lock(impl_->run_mutex);
-  if (!m.has_batch_axis()) {
-    EMBER_RETURN_IF_ERROR(impl_->RunChunk(*impl_->lanes[0], views, Chunk{}, 0, &outputs));
-    return outputs;
-  }
-  const auto plan = PlanLanes(rows, m.batch_sizes, MaxLanes());
+  const auto plan = m.has_batch_axis() ? PlanLanes(rows, m.batch_sizes, MaxLanes())
+                                       : std::vector<std::vector<Chunk>>(1);
   if (plan.size() == 1) {
-    for (const Chunk& chunk : plan.front()) {
-      EMBER_RETURN_IF_ERROR(impl_->RunChunk(*impl_->lanes[0], views, chunk, rows, &outputs));
-    }
-    return outputs;
+    EMBER_RETURN_IF_ERROR(impl_->RunSerial(*impl_->lanes[0], views, rows, buffers));
+  } else {
+    EMBER_RETURN_IF_ERROR(impl_->RunLanes(plan, views, rows, buffers));
   }
-  EMBER_RETURN_IF_ERROR(impl_->RunLanes(plan, views, rows, &outputs));
   return outputs;
+}
+
+Status Model::Impl::RunSerial(Lane& lane, const std::vector<TensorView>& inputs, int64_t rows,
+                              const std::vector<OutputBuffer>& outputs) {
+  if (!manifest.has_batch_axis()) return RunChunk(lane, inputs, Chunk{}, 0, outputs);
+  for (const Chunk& chunk : SerialChunks(0, rows, manifest.batch_sizes)) {
+    EMBER_RETURN_IF_ERROR(RunChunk(lane, inputs, chunk, rows, outputs));
+  }
+  return Status::Ok();
+}
+
+// An executor is a lane of its own, outside the Model's run mutex.
+class VmExecutor final : public Executor {
+ public:
+  VmExecutor(Model::Impl* model, std::unique_ptr<Lane> lane) : model_(model), lane_(std::move(lane)) {}
+  Status Run(const std::vector<TensorView>& inputs, int64_t rows,
+             const std::vector<OutputBuffer>& outputs) override {
+    return model_->RunSerial(*lane_, inputs, rows, outputs);
+  }
+
+ private:
+  Model::Impl* model_;
+  std::unique_ptr<Lane> lane_;
+};
+
+Result<std::unique_ptr<Executor>> Model::NewExecutor() {
+  EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Lane> lane, impl_->NewLane());
+  return std::unique_ptr<Executor>(std::make_unique<VmExecutor>(impl_.get(), std::move(lane)));
 }
 
 // Runs each lane's chunks on its own VM and OpenMP thread, single-threaded inside (nested
@@ -332,7 +363,7 @@ Result<std::vector<HostTensor>> Model::Run(const NamedTensorViews& inputs) {
 // disjoint rows of `outputs`. Called with run_mutex held.
 Status Model::Impl::RunLanes(const std::vector<std::vector<Chunk>>& plan,
                              const std::vector<TensorView>& inputs, int64_t rows,
-                             std::vector<HostTensor>* outputs) {
+                             const std::vector<OutputBuffer>& outputs) {
   while (lanes.size() < plan.size()) {
     EMBER_ASSIGN_OR_RETURN(std::unique_ptr<Lane> lane, NewLane());
     lanes.push_back(std::move(lane));

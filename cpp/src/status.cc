@@ -11,6 +11,9 @@ const char* StatusCodeName(StatusCode code) {
     case StatusCode::kIncompatible: return "Incompatible";
     case StatusCode::kRuntimeError: return "RuntimeError";
     case StatusCode::kInternal: return "Internal";
+    case StatusCode::kDeadlineExceeded: return "DeadlineExceeded";
+    case StatusCode::kQueueFull: return "QueueFull";
+    case StatusCode::kClosed: return "Closed";
   }
   return "Unknown";
 }

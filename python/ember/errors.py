@@ -6,6 +6,8 @@ carries the core's code name ("InvalidArgument", "IntegrityError", ...).
 
 from __future__ import annotations
 
+import builtins
+
 
 class EmberError(Exception):
     """Base class of every error raised by ember."""
@@ -49,6 +51,24 @@ class InternalError(EmberError):
     code = "Internal"
 
 
+class TimeoutError(EmberError, builtins.TimeoutError):
+    """A request's deadline passed while it waited in the engine's queue; it never ran."""
+
+    code = "DeadlineExceeded"
+
+
+class QueueFullError(EmberError):
+    """The engine's queue holds max_queue_size requests; this one was refused at once."""
+
+    code = "QueueFull"
+
+
+class EngineClosedError(EmberError):
+    """The engine is closed, or was closed without draining while this request waited."""
+
+    code = "Closed"
+
+
 class CompileError(EmberError):
     """A model could not be compiled."""
 
@@ -71,11 +91,14 @@ __all__ = [
     "ArtifactNotFoundError",
     "CompileError",
     "EmberError",
+    "EngineClosedError",
     "ExecutionError",
     "IncompatibleArtifactError",
     "IntegrityError",
     "InternalError",
     "InvalidInputError",
+    "QueueFullError",
+    "TimeoutError",
     "UnknownTargetError",
     "UnsupportedOperatorError",
 ]

@@ -36,6 +36,9 @@ TEST(StatusTest, EachFactoryGivesItsCodeAndKeepsTheWholeMessage) {
       {Status::Incompatible(long_message), StatusCode::kIncompatible, "Incompatible"},
       {Status::RuntimeError(long_message), StatusCode::kRuntimeError, "RuntimeError"},
       {Status::Internal(long_message), StatusCode::kInternal, "Internal"},
+      {Status::DeadlineExceeded(long_message), StatusCode::kDeadlineExceeded, "DeadlineExceeded"},
+      {Status::QueueFull(long_message), StatusCode::kQueueFull, "QueueFull"},
+      {Status::Closed(long_message), StatusCode::kClosed, "Closed"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
@@ -56,6 +59,10 @@ TEST(StatusTest, CodesAreStable) {
   EXPECT_EQ(static_cast<int>(StatusCode::kIncompatible), 4);
   EXPECT_EQ(static_cast<int>(StatusCode::kRuntimeError), 5);
   EXPECT_EQ(static_cast<int>(StatusCode::kInternal), 6);
+  EXPECT_EQ(static_cast<int>(StatusCode::kDeadlineExceeded), 7);
+  EXPECT_EQ(static_cast<int>(StatusCode::kQueueFull), 8);
+  EXPECT_EQ(static_cast<int>(StatusCode::kClosed), 9);
+  EXPECT_EQ(kNumStatusCodes, 10u);
   EXPECT_STREQ(StatusCodeName(StatusCode::kOk), "Ok");
   EXPECT_STREQ(StatusCodeName(static_cast<StatusCode>(99)), "Unknown");
 }

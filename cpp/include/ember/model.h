@@ -6,13 +6,12 @@
 #include <utility>
 #include <vector>
 
+#include "ember/executor.h"
 #include "ember/manifest.h"
 #include "ember/status.h"
 #include "ember/tensor.h"
 
 namespace ember::runtime {
-
-using NamedTensorViews = std::vector<std::pair<std::string, TensorView>>;
 
 // Thread-safety: Load() may be called from any thread. Run() is safe to call concurrently but
 // serializes callers on an internal mutex because a TVM VM instance is not thread-safe. Within
@@ -39,12 +38,16 @@ class Model {
   // Returns one owned tensor per manifest output, in manifest order.
   Result<std::vector<HostTensor>> Run(const NamedTensorViews& inputs);
 
-  // Validates inputs against the manifest and returns them in manifest order plus the row count
-  // (0 for models without a batch axis). Exposed for the engine and for tests.
+  // Validates inputs against the manifest (see runtime::ValidateInputs).
   Result<std::pair<std::vector<TensorView>, int64_t>> ValidateInputs(
       const NamedTensorViews& inputs) const;
 
+  // A new VM instance of this model with its own staging buffers, independent of Run() and of
+  // other executors. The Model must outlive it. Blocks while the VM is created.
+  Result<std::unique_ptr<Executor>> NewExecutor();
+
  private:
+  friend class VmExecutor;
   struct Impl;
   explicit Model(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

@@ -19,8 +19,11 @@ enum class StatusCode : int {
   kIncompatible = 4,     // artifact built for another CPU/arch/runtime
   kRuntimeError = 5,     // failure inside the TVM runtime or a kernel
   kInternal = 6,         // a bug in ember
+  kDeadlineExceeded = 7,  // a request's deadline passed before it started running
+  kQueueFull = 8,         // the engine's queue is at max_queue_size: rejected at once
+  kClosed = 9,            // the engine is closed (or closing without drain)
 };
-constexpr size_t kNumStatusCodes = 7;  // one past the last StatusCode
+constexpr size_t kNumStatusCodes = 10;  // one past the last StatusCode
 
 const char* StatusCodeName(StatusCode code);
 
@@ -36,6 +39,9 @@ class [[nodiscard]] Status {
   static Status Incompatible(std::string m) { return {StatusCode::kIncompatible, std::move(m)}; }
   static Status RuntimeError(std::string m) { return {StatusCode::kRuntimeError, std::move(m)}; }
   static Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
+  static Status DeadlineExceeded(std::string m) { return {StatusCode::kDeadlineExceeded, std::move(m)}; }
+  static Status QueueFull(std::string m) { return {StatusCode::kQueueFull, std::move(m)}; }
+  static Status Closed(std::string m) { return {StatusCode::kClosed, std::move(m)}; }
 
   bool ok() const { return code_ == StatusCode::kOk; }
   StatusCode code() const { return code_; }

@@ -14,6 +14,9 @@ CODES = [
     (4, "Incompatible", ember.IncompatibleArtifactError),
     (5, "RuntimeError", ember.ExecutionError),
     (6, "Internal", ember.InternalError),
+    (7, "DeadlineExceeded", ember.TimeoutError),
+    (8, "QueueFull", ember.QueueFullError),
+    (9, "Closed", ember.EngineClosedError),
 ]
 
 
@@ -33,3 +36,4 @@ def test_python_builtin_bases_let_generic_handlers_work() -> None:
     assert issubclass(ember.ArtifactNotFoundError, FileNotFoundError)
     assert issubclass(ember.ExecutionError, RuntimeError)
     assert issubclass(ember.UnknownTargetError, ValueError)
+    assert issubclass(ember.TimeoutError, TimeoutError)
