@@ -39,13 +39,18 @@ void BindErrors(py::module_& m) {
   });
 }
 
-void ThrowIfError(const Status& status) {
-  if (status.ok()) return;
+py::object MakeException(const Status& status) {
   py::object cls = ExceptionFor(status.code());
   if (!cls) cls = ExceptionFor(StatusCode::kInternal);
   py::object exc = cls(status.message());
   exc.attr("code") = StatusCodeName(status.code());
-  PyErr_SetObject(cls.ptr(), exc.ptr());
+  return exc;
+}
+
+void ThrowIfError(const Status& status) {
+  if (status.ok()) return;
+  py::object exc = MakeException(status);
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
   throw py::error_already_set();
 }
 

@@ -33,9 +33,13 @@ Result<DLDataType> DTypeOfArray(const py::array& array) {
   }
 }
 
+}  // namespace
+
 py::dtype NumpyDType(DLDataType dtype) {
   return py::dtype(DTypeName(dtype) == "bool" ? std::string("bool") : DTypeName(dtype));
 }
+
+namespace {
 
 py::object SpecToPython(const TensorSpec& spec) {
   py::list shape;
@@ -61,11 +65,11 @@ py::array ToNumpy(HostTensor tensor) {
   return py::array(dtype, shape, data, keep_alive);
 }
 
-py::dict Run(Model& model, const py::dict& inputs) {
-  // Holding the GIL: convert arguments. `keep` holds any contiguous copies for the call.
-  std::vector<py::array> keep;
+}  // namespace
+
+runtime::NamedTensorViews ConvertInputs(const py::dict& inputs, std::vector<py::array>* keep) {
   runtime::NamedTensorViews views;
-  keep.reserve(inputs.size());
+  keep->reserve(inputs.size());
   views.reserve(inputs.size());
   for (const auto& item : inputs) {
     if (!py::isinstance<py::str>(item.first)) {
@@ -81,8 +85,17 @@ py::dict Run(Model& model, const py::dict& inputs) {
     const DLDataType dtype = ValueOrThrow(DTypeOfArray(array));
     std::vector<int64_t> shape(array.shape(), array.shape() + array.ndim());
     views.emplace_back(name, TensorView{array.data(), dtype, std::move(shape)});
-    keep.push_back(std::move(array));
+    keep->push_back(std::move(array));
   }
+  return views;
+}
+
+namespace {
+
+py::dict Run(Model& model, const py::dict& inputs) {
+  // Holding the GIL: convert arguments. `keep` holds any contiguous copies for the call.
+  std::vector<py::array> keep;
+  const runtime::NamedTensorViews views = ConvertInputs(inputs, &keep);
   Result<std::vector<HostTensor>> result = [&] {
     py::gil_scoped_release release;
     return model.Run(views);
@@ -97,14 +110,14 @@ py::dict Run(Model& model, const py::dict& inputs) {
 }  // namespace
 
 void BindModel(py::module_& m) {
-  py::class_<Model, std::unique_ptr<Model>>(m, "Model",
+  py::class_<Model, std::shared_ptr<Model>>(m, "Model",
                                             "A verified artifact loaded into the C++ runtime.")
       .def(py::init([](const std::string& artifact_dir) {
              Result<std::unique_ptr<Model>> loaded = [&] {
                py::gil_scoped_release release;  // checksums + dlopen can take a while
                return Model::Load(artifact_dir);
              }();
-             return ValueOrThrow(std::move(loaded));
+             return std::shared_ptr<Model>(ValueOrThrow(std::move(loaded)));
            }),
            py::arg("artifact_dir"))
       .def("run", &Run, py::arg("inputs"),

@@ -41,4 +41,5 @@ PYBIND11_MODULE(_core, m) {
   ember::bindings::BindErrors(m);
   ember::bindings::BindHost(m);
   ember::bindings::BindModel(m);
+  ember::bindings::BindEngine(m);
 }

@@ -86,7 +86,7 @@ struct Engine::Impl {
   bool has_batch_axis() const { return !spec.buckets.empty(); }
   void LaneMain(size_t lane);
   void RunBatch(Executor& executor, std::vector<Request>& batch);
-  void Deliver(std::vector<Request>& batch, const std::shared_ptr<const memory::Block>& block,
+  void Deliver(std::vector<Request>& batch, std::shared_ptr<const memory::Block> block,
                const std::vector<size_t>& offsets, int64_t run_rows, int64_t start_us,
                int64_t end_us);
   void Fail(std::vector<Request>& requests, const Status& status);
@@ -296,6 +296,7 @@ void Engine::Impl::LaneMain(size_t lane) {
 void Engine::Impl::Fail(std::vector<Request>& requests, const Status& status) {
   for (Request& request : requests) {
     metrics.RecordFailure(status.code());
+    request.inputs = memory::Block();
     Complete(request, status, {});
   }
 }
@@ -350,12 +351,12 @@ void Engine::Impl::RunBatch(Executor& executor, std::vector<Request>& batch) {
   assembled = memory::Block();  // back to the pool before completions run
   if (!status.ok()) return Fail(batch, status);
   auto shared = std::make_shared<const memory::Block>(std::move(out));
-  Deliver(batch, shared, offsets, run_rows, start_us, NowUs());
+  Deliver(batch, std::move(shared), offsets, run_rows, start_us, NowUs());
 }
 
 // Hands each request its rows of the batch's outputs: a view into the shared block when its rows
 // are contiguous there (batch axis 0, or all the rows run), else a copy into a block of its own.
-void Engine::Impl::Deliver(std::vector<Request>& batch, const std::shared_ptr<const memory::Block>& block,
+void Engine::Impl::Deliver(std::vector<Request>& batch, std::shared_ptr<const memory::Block> block,
                            const std::vector<size_t>& offsets, int64_t run_rows, int64_t start_us,
                            int64_t end_us) {
   int64_t row = 0;
@@ -388,6 +389,9 @@ void Engine::Impl::Deliver(std::vector<Request>& batch, const std::shared_ptr<co
       outputs.push_back(std::move(tensor));
     }
     row += request.rows;
+    // After the last request took its views, only its callers hold the batch's block: it goes
+    // back to the pool as soon as they drop their outputs.
+    if (&request == &batch.back()) block.reset();
     if (!status.ok()) {
       metrics.RecordFailure(status.code());
       Complete(request, status, {});

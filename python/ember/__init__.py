@@ -9,15 +9,19 @@ from ._threads import configure_from_environment as _configure_threads
 NUM_THREADS = _configure_threads()
 
 from .artifact import Artifact, TensorSpec  # noqa: E402
+from .engine import Distribution, Engine, EngineMetrics  # noqa: E402
 from .errors import (  # noqa: E402
     ArtifactNotFoundError,
     CompileError,
     EmberError,
+    EngineClosedError,
     ExecutionError,
     IncompatibleArtifactError,
     IntegrityError,
     InternalError,
     InvalidInputError,
+    QueueFullError,
+    TimeoutError,
     UnknownTargetError,
     UnsupportedOperatorError,
 )
@@ -39,14 +43,20 @@ __all__ = [
     "Artifact",
     "ArtifactNotFoundError",
     "CompileError",
+    "Distribution",
     "EmberError",
+    "Engine",
+    "EngineClosedError",
+    "EngineMetrics",
     "ExecutionError",
     "IncompatibleArtifactError",
     "IntegrityError",
     "InternalError",
     "InvalidInputError",
     "Model",
+    "QueueFullError",
     "TensorSpec",
+    "TimeoutError",
     "TuneBudget",
     "UnknownTargetError",
     "UnsupportedOperatorError",

@@ -1,5 +1,7 @@
 """Type stubs for ember._core, the C++ extension (checked against the module by mypy.stubtest)."""
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -22,6 +24,50 @@ class Model:
     def model_name(self) -> str: ...
     @property
     def artifact_dir(self) -> str: ...
+
+class CompletionQueue:
+    """Finished engine requests waiting to resolve their Python futures."""
+
+    def __init__(self, for_asyncio: bool) -> None: ...
+    def dispatch(self, timeout_s: float = -1.0) -> int: ...
+    def close(self) -> None: ...
+    @property
+    def fd(self) -> int: ...
+
+class Engine:
+    """Dynamic batching over lanes of a loaded model (C++ core)."""
+
+    def __init__(
+        self,
+        model: Model,
+        lanes: int,
+        threads_per_lane: int,
+        max_batch_size: int,
+        max_queue_delay_us: int,
+        preferred_batch_sizes: list[int],
+        max_queue_size: int,
+        default_timeout_us: int,
+    ) -> None: ...
+    def run(
+        self, inputs: dict[str, npt.NDArray[np.generic]], priority: int, timeout_us: int
+    ) -> dict[str, npt.NDArray[np.generic]]: ...
+    def submit(
+        self,
+        inputs: dict[str, npt.NDArray[np.generic]],
+        future: object,
+        queue: CompletionQueue,
+        priority: int,
+        timeout_us: int,
+    ) -> None: ...
+    def close(self, drain: bool) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def queue_size(self) -> int: ...
+    def metrics(self) -> dict[str, Any]: ...
+    def memory_stats(self) -> dict[str, int]: ...
+    @property
+    def options(self) -> dict[str, Any]: ...
 
 def host_arch() -> str: ...
 def host_cpu_features() -> set[str]: ...

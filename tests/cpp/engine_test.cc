@@ -129,10 +129,9 @@ struct Collector {
 
   Completion For(int tag) {
     return [this, tag](Status status, std::vector<OutputTensor> outputs) {
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        done.push_back(Done{tag, std::move(status), std::move(outputs)});
-      }
+      // Notify under the lock: a waiter may destroy the collector as soon as it can see `done`.
+      std::lock_guard<std::mutex> lock(mutex);
+      done.push_back(Done{tag, std::move(status), std::move(outputs)});
       changed.notify_all();
     };
   }

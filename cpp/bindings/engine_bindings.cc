@@ -1,0 +1,367 @@
+// Bindings for ember::engine::Engine. Lanes never touch Python: a completion only moves the
+// result and a borrowed-then-owned future pointer into a CompletionQueue; a Python thread (the
+// futures dispatcher, or an asyncio loop's reader callback) resolves futures there with the GIL.
+// Blocking run() waits with the GIL released. Outputs are numpy arrays viewing pooled blocks.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bindings.h"
+#include "ember/engine.h"
+#include "ember/model.h"
+#include "errors.h"
+
+namespace py = pybind11;
+
+namespace ember::bindings {
+namespace {
+
+using engine::Engine;
+using engine::OutputTensor;
+
+// What turning outputs into a dict needs; plain C++ so that lanes may drop references to it.
+struct OutputInfo {
+  std::vector<std::string> names;
+  std::vector<DLDataType> dtypes;
+};
+
+// numpy's type numbers (stable C API values) for the dtypes artifacts declare: building a dtype
+// from a number is much cheaper than parsing its name on every output.
+int NumpyTypeNum(DLDataType dtype) {
+  const int bits = dtype.bits;
+  switch (dtype.code) {
+    case kDLBool: return 0;
+    case kDLInt: return bits == 8 ? 1 : bits == 16 ? 3 : bits == 32 ? 5 : bits == 64 ? 7 : -1;
+    case kDLUInt: return bits == 8 ? 2 : bits == 16 ? 4 : bits == 32 ? 6 : bits == 64 ? 8 : -1;
+    case kDLFloat: return bits == 16 ? 23 : bits == 32 ? 11 : bits == 64 ? 12 : -1;
+    default: return -1;
+  }
+}
+
+// A numpy array viewing a pooled output; its capsule holds the block until the array dies.
+py::array OutputToNumpy(const OutputTensor& tensor) {
+  auto holder = std::make_unique<std::shared_ptr<const memory::Block>>(tensor.block);
+  py::capsule keep_alive(holder.get(), [](void* p) {
+    delete static_cast<std::shared_ptr<const memory::Block>*>(p);
+  });
+  holder.release();  // owned by the capsule now
+  const int typenum = NumpyTypeNum(tensor.dtype);
+  const py::dtype dtype = typenum >= 0 ? py::dtype(typenum) : NumpyDType(tensor.dtype);
+  const std::vector<py::ssize_t> shape(tensor.shape.begin(), tensor.shape.end());
+  return py::array(dtype, shape, tensor.data(), keep_alive);
+}
+
+py::dict OutputsToDict(const OutputInfo& info, const std::vector<OutputTensor>& outputs) {
+  py::dict out;
+  for (size_t i = 0; i < outputs.size(); ++i) out[py::str(info.names[i])] = OutputToNumpy(outputs[i]);
+  return out;
+}
+
+// One finished request on its way to a Python future.
+struct Finished {
+  PyObject* future;  // a strong reference taken at submit (with the GIL), released at dispatch
+  Status status;
+  std::vector<OutputTensor> outputs;
+  std::shared_ptr<const OutputInfo> info;
+};
+
+// Finished requests waiting for a Python thread to resolve their futures. For asyncio it also
+// signals an eventfd that the event loop watches (loop.add_reader), so no thread per request and
+// no GIL on the lanes. Thread-safety: Push() from any thread without the GIL; Dispatch() and the
+// destructor with the GIL.
+class CompletionQueue {
+ public:
+  explicit CompletionQueue(bool for_asyncio) : asyncio_(for_asyncio) {
+    if (asyncio_) {
+      fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      if (fd_ < 0) ThrowIfError(Status::RuntimeError(std::string("eventfd failed: ") + std::strerror(errno)));
+    }
+  }
+  ~CompletionQueue() {
+    for (Finished& item : items_) Py_DECREF(item.future);  // the GIL is held: pybind11 dealloc
+    if (fd_ >= 0) close(fd_);
+  }
+  CompletionQueue(const CompletionQueue&) = delete;
+  CompletionQueue& operator=(const CompletionQueue&) = delete;
+
+  void Push(Finished item) {
+    bool was_empty;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      was_empty = items_.empty();
+      items_.push_back(std::move(item));
+    }
+    if (!was_empty) return;  // whoever dispatches has been woken already
+    ready_.notify_one();
+    if (fd_ >= 0) {
+      const uint64_t one = 1;
+      [[maybe_unused]] const ssize_t n = write(fd_, &one, sizeof(one));
+    }
+  }
+
+  // Resolves the futures of every finished request. timeout_s < 0 waits until there is one or
+  // the queue is closed, > 0 waits at most that long, 0 does not wait. Returns how many futures
+  // it resolved, or -1 once the queue is closed and empty.
+  int Dispatch(double timeout_s) {
+    std::vector<Finished> ready;
+    bool finished = false;
+    {
+      std::unique_ptr<py::gil_scoped_release> release;
+      if (timeout_s != 0) release = std::make_unique<py::gil_scoped_release>();
+      std::unique_lock<std::mutex> lock(mutex_);
+      auto has_work = [&] { return !items_.empty() || closed_; };
+      if (timeout_s < 0) {
+        ready_.wait(lock, has_work);
+      } else if (timeout_s > 0) {
+        ready_.wait_for(lock, std::chrono::duration<double>(timeout_s), has_work);
+      }
+      ready.swap(items_);
+      finished = ready.empty() && closed_;
+      if (fd_ >= 0) {
+        uint64_t count;
+        [[maybe_unused]] const ssize_t n = read(fd_, &count, sizeof(count));  // re-arm the fd
+      }
+    }
+    if (finished) return -1;
+    for (Finished& item : ready) Resolve(item);
+    return static_cast<int>(ready.size());
+  }
+
+  void Close() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      closed_ = true;
+    }
+    ready_.notify_all();
+    if (fd_ >= 0) {
+      const uint64_t one = 1;
+      [[maybe_unused]] const ssize_t n = write(fd_, &one, sizeof(one));
+    }
+  }
+
+  int fd() const { return fd_; }
+
+ private:
+  void Resolve(Finished& item) {
+    py::object future = py::reinterpret_steal<py::object>(item.future);
+    try {
+      if (asyncio_) {
+        if (future.attr("done")().cast<bool>()) return;  // cancelled by its awaiter
+      } else if (!future.attr("set_running_or_notify_cancel")().cast<bool>()) {
+        return;  // cancelled before it ran
+      }
+      if (item.status.ok()) {
+        future.attr("set_result")(OutputsToDict(*item.info, item.outputs));
+      } else {
+        future.attr("set_exception")(MakeException(item.status));
+      }
+    } catch (py::error_already_set& err) {
+      err.discard_as_unraisable("resolving an ember.Engine future");
+    }
+  }
+
+  const bool asyncio_;
+  int fd_ = -1;
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::vector<Finished> items_;
+  bool closed_ = false;
+};
+
+// Signalled once by the completion of a blocking run().
+struct Waiter {
+  std::mutex mutex;
+  std::condition_variable done_cv;
+  bool done = false;
+  Status status;
+  std::vector<OutputTensor> outputs;
+};
+
+class PyEngine {
+ public:
+  PyEngine(std::shared_ptr<runtime::Model> model, engine::EngineOptions options) {
+    auto info = std::make_shared<OutputInfo>();
+    for (const TensorSpec& spec : model->manifest().outputs) {
+      info->names.push_back(spec.name);
+      info->dtypes.push_back(spec.dtype);
+    }
+    info_ = std::move(info);
+    Result<std::unique_ptr<Engine>> created = [&] {
+      py::gil_scoped_release release;  // creating VMs takes a while
+      return Engine::Create(std::move(model), std::move(options));
+    }();
+    engine_ = ValueOrThrow(std::move(created));
+  }
+
+  // The GIL is held here (pybind11 dealloc): closing waits for the lanes without it, so their
+  // last completions reach the queues, which are released only afterwards, with the GIL.
+  ~PyEngine() {
+    {
+      py::gil_scoped_release release;
+      engine_.reset();
+    }
+    queues_.clear();
+  }
+  PyEngine(const PyEngine&) = delete;
+  PyEngine& operator=(const PyEngine&) = delete;
+
+  py::dict Run(const py::dict& inputs, int priority, int64_t timeout_us) {
+    auto waiter = std::make_shared<Waiter>();
+    SubmitWith(inputs, priority, timeout_us, [waiter](Status status, std::vector<OutputTensor> outputs) {
+      std::lock_guard<std::mutex> lock(waiter->mutex);
+      waiter->status = std::move(status);
+      waiter->outputs = std::move(outputs);
+      waiter->done = true;
+      waiter->done_cv.notify_one();
+    });
+    {
+      py::gil_scoped_release release;
+      std::unique_lock<std::mutex> lock(waiter->mutex);
+      waiter->done_cv.wait(lock, [&] { return waiter->done; });
+    }
+    ThrowIfError(waiter->status);
+    return OutputsToDict(*info_, waiter->outputs);
+  }
+
+  void Submit(const py::dict& inputs, const py::object& future,
+              const std::shared_ptr<CompletionQueue>& queue, int priority, int64_t timeout_us) {
+    queues_.insert(queue);  // outlives every completion that may push to it (see ~PyEngine)
+    PyObject* raw = future.ptr();
+    Py_INCREF(raw);
+    CompletionQueue* target = queue.get();
+    try {
+      SubmitWith(inputs, priority, timeout_us,
+                 [target, raw, info = info_](Status status, std::vector<OutputTensor> outputs) {
+                   target->Push(Finished{raw, std::move(status), std::move(outputs), info});
+                 });
+    } catch (...) {
+      Py_DECREF(raw);  // refused: the completion will never run
+      throw;
+    }
+  }
+
+  void Close(bool drain) {
+    py::gil_scoped_release release;
+    engine_->Close(drain);
+  }
+
+  Engine& engine() { return *engine_; }
+
+ private:
+  void SubmitWith(const py::dict& inputs, int priority, int64_t timeout_us, engine::Completion done) {
+    std::vector<py::array> keep;
+    const runtime::NamedTensorViews views = ConvertInputs(inputs, &keep);
+    const engine::SubmitOptions options{priority, timeout_us};
+    size_t bytes = 0;
+    for (const auto& named : views) bytes += named.second.nbytes();
+    Status status;
+    if (bytes >= kReleaseGilBytes) {  // copying large inputs into the pool: let others run
+      py::gil_scoped_release release;
+      status = engine_->Submit(views, options, std::move(done));
+    } else {
+      status = engine_->Submit(views, options, std::move(done));
+    }
+    ThrowIfError(status);
+  }
+
+  static constexpr size_t kReleaseGilBytes = 256 * 1024;
+  std::shared_ptr<const OutputInfo> info_;
+  std::unique_ptr<Engine> engine_;
+  std::set<std::shared_ptr<CompletionQueue>> queues_;
+};
+
+py::dict HistogramToDict(const engine::HistogramSnapshot& h) {
+  py::list buckets;  // (upper edge, count) of every non-empty bucket, for exporters
+  for (size_t i = 0; i < h.buckets.size(); ++i) {
+    if (h.buckets[i] != 0) buckets.append(py::make_tuple(engine::Histogram::UpperEdge(i), h.buckets[i]));
+  }
+  return py::dict(py::arg("count") = h.count, py::arg("sum") = h.sum, py::arg("max") = h.max,
+                  py::arg("mean") = h.Mean(), py::arg("p50") = h.Percentile(50),
+                  py::arg("p90") = h.Percentile(90), py::arg("p99") = h.Percentile(99),
+                  py::arg("p999") = h.Percentile(99.9), py::arg("buckets") = buckets);
+}
+
+py::dict MetricsToDict(const engine::MetricsSnapshot& m) {
+  py::dict failures;
+  for (size_t code = 0; code < kNumStatusCodes; ++code) {
+    if (m.failures_by_code[code] != 0) {
+      failures[py::str(StatusCodeName(static_cast<StatusCode>(code)))] = m.failures_by_code[code];
+    }
+  }
+  return py::dict(py::arg("requests") = m.requests, py::arg("rows") = m.rows,
+                  py::arg("successes") = m.successes, py::arg("rejections") = m.rejections,
+                  py::arg("failures") = failures, py::arg("queue_us") = HistogramToDict(m.queue_us),
+                  py::arg("compute_us") = HistogramToDict(m.compute_us),
+                  py::arg("total_us") = HistogramToDict(m.total_us),
+                  py::arg("batch_rows") = HistogramToDict(m.batch_rows));
+}
+
+}  // namespace
+
+void BindEngine(py::module_& m) {
+  py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(
+      m, "CompletionQueue", "Finished engine requests waiting to resolve their Python futures.")
+      .def(py::init<bool>(), py::arg("for_asyncio"))
+      .def("dispatch", &CompletionQueue::Dispatch, py::arg("timeout_s") = -1.0,
+           "Resolve finished futures; waits per timeout_s (GIL released); -1 once closed.")
+      .def("close", &CompletionQueue::Close)
+      .def_property_readonly("fd", &CompletionQueue::fd);
+
+  py::class_<PyEngine>(m, "Engine", "Dynamic batching over lanes of a loaded model (C++ core).")
+      .def(py::init([](const std::shared_ptr<runtime::Model>& model, int lanes, int threads_per_lane,
+                       int64_t max_batch_size, int64_t max_queue_delay_us,
+                       std::vector<int64_t> preferred_batch_sizes, int64_t max_queue_size,
+                       int64_t default_timeout_us) {
+             engine::EngineOptions options;
+             options.lanes = lanes;
+             options.threads_per_lane = threads_per_lane;
+             options.max_batch_size = max_batch_size;
+             options.max_queue_delay_us = max_queue_delay_us;
+             options.preferred_batch_sizes = std::move(preferred_batch_sizes);
+             options.max_queue_size = max_queue_size;
+             options.default_timeout_us = default_timeout_us;
+             return std::make_unique<PyEngine>(model, std::move(options));
+           }),
+           py::arg("model"), py::arg("lanes"), py::arg("threads_per_lane"), py::arg("max_batch_size"),
+           py::arg("max_queue_delay_us"), py::arg("preferred_batch_sizes"), py::arg("max_queue_size"),
+           py::arg("default_timeout_us"))
+      .def("run", &PyEngine::Run, py::arg("inputs"), py::arg("priority"), py::arg("timeout_us"))
+      .def("submit", &PyEngine::Submit, py::arg("inputs"), py::arg("future"), py::arg("queue"),
+           py::arg("priority"), py::arg("timeout_us"))
+      .def("close", &PyEngine::Close, py::arg("drain"))
+      .def_property_readonly("closed", [](PyEngine& self) { return self.engine().closed(); })
+      .def_property_readonly("queue_size", [](PyEngine& self) { return self.engine().queue_size(); })
+      .def("metrics", [](PyEngine& self) { return MetricsToDict(self.engine().metrics()); })
+      .def("memory_stats", [](PyEngine& self) {
+        const memory::PoolStats s = self.engine().pool_stats();
+        return py::dict(py::arg("bytes_in_use") = s.bytes_in_use,
+                        py::arg("peak_bytes_in_use") = s.peak_bytes_in_use,
+                        py::arg("bytes_cached") = s.bytes_cached, py::arg("hits") = s.hits,
+                        py::arg("misses") = s.misses, py::arg("allocations") = s.allocations,
+                        py::arg("failures") = s.failures);
+      })
+      .def_property_readonly("options", [](PyEngine& self) {
+        const engine::EngineOptions& o = self.engine().options();
+        return py::dict(py::arg("lanes") = o.lanes, py::arg("threads_per_lane") = o.threads_per_lane,
+                        py::arg("max_batch_size") = o.max_batch_size,
+                        py::arg("max_queue_delay_us") = o.max_queue_delay_us,
+                        py::arg("preferred_batch_sizes") = o.preferred_batch_sizes,
+                        py::arg("max_queue_size") = o.max_queue_size,
+                        py::arg("default_timeout_us") = o.default_timeout_us);
+      });
+}
+
+}  // namespace ember::bindings

@@ -1,0 +1,263 @@
+"""ember.Engine from Python: results equal to the model's direct run under concurrency (threads,
+futures, asyncio), priorities, deadlines, the bounded queue, close with and without drain, metrics
+and the memory pool's steady state. The C++ scheduler itself is tested in tests/cpp/engine_test.cc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import gc
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import ember
+
+ATOL = 1e-5  # batched vs single rows: the same kernels, at most a different reduction order
+
+
+@pytest.fixture()
+def engine(mlp_model: ember.Model) -> ember.Engine:
+    with ember.Engine(mlp_model, max_queue_delay_us=1000) as eng:
+        yield eng
+
+
+def rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)
+
+
+def test_run_matches_the_model_for_every_row_count(
+    engine: ember.Engine, mlp_model: ember.Model
+) -> None:
+    for n in (1, 2, 3, 4, 7, 8, 9, 20):  # buckets are (1, 4, 8): padded, exact and oversized
+        x = rows(n, n)
+        got = engine.run({"x": x})["y"]
+        assert got.shape == (n, 5)
+        np.testing.assert_allclose(got, mlp_model.run({"x": x})["y"], atol=ATOL)
+
+
+def test_many_threads_each_get_their_own_rows(engine: ember.Engine, mlp_model: ember.Model) -> None:
+    inputs = [rows(1 + i % 3, i) for i in range(400)]
+    expected = [mlp_model.run({"x": x})["y"] for x in inputs]
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(lambda x: engine.run({"x": x})["y"], inputs))
+    for got, want in zip(results, expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=ATOL)
+    metrics = engine.metrics()
+    assert metrics.successes == metrics.requests == 400
+    assert metrics.rows == sum(len(x) for x in inputs)
+    assert metrics.batch_rows.max > 1, "32 concurrent callers never shared a batch"
+
+
+def test_submit_returns_futures_that_concurrent_futures_understands(
+    engine: ember.Engine, mlp_model: ember.Model
+) -> None:
+    inputs = [rows(2, i) for i in range(50)]
+    futures = [engine.submit({"x": x}) for x in inputs]
+    _, not_done = concurrent.futures.wait(futures, timeout=30)
+    assert not not_done
+    for future, x in zip(futures, inputs, strict=True):
+        np.testing.assert_allclose(future.result()["y"], mlp_model.run({"x": x})["y"], atol=ATOL)
+    callback_saw: list[object] = []
+    future = engine.submit({"x": inputs[0]})
+    future.add_done_callback(callback_saw.append)
+    future.result(timeout=10)
+    assert callback_saw == [future]
+
+
+def test_asyncio_infer_without_a_thread_per_request(
+    engine: ember.Engine, mlp_model: ember.Model
+) -> None:
+    inputs = [rows(1, i) for i in range(200)]
+    threads_before = threading.active_count()
+
+    async def serve() -> list[dict[str, np.ndarray]]:
+        return await asyncio.gather(*(engine.infer({"x": x}) for x in inputs))
+
+    results = asyncio.run(serve())
+    assert threading.active_count() <= threads_before + 1
+    for got, x in zip(results, inputs, strict=True):
+        np.testing.assert_allclose(got["y"], mlp_model.run({"x": x})["y"], atol=ATOL)
+    assert engine.metrics().batch_rows.max > 1, "200 concurrent tasks never shared a batch"
+
+
+def test_asyncio_errors_reach_the_awaiting_task(engine: ember.Engine) -> None:
+    async def bad() -> None:
+        await engine.infer({"x": np.zeros((1, 3), np.float32)})
+
+    with pytest.raises(ember.InvalidInputError, match="dimension 1 must be 16"):
+        asyncio.run(bad())
+
+
+def test_bad_inputs_are_refused_at_once_with_the_models_message(engine: ember.Engine) -> None:
+    with pytest.raises(ember.InvalidInputError, match="expected dtype float32, got float64"):
+        engine.run({"x": np.zeros((2, 16))})
+    with pytest.raises(ember.InvalidInputError, match="unknown input 'z'"):
+        engine.submit({"z": rows(1, 0)})
+    with pytest.raises(ember.InvalidInputError, match="must be a numpy array"):
+        engine.run({"x": [[0.0] * 16]})  # type: ignore[dict-item]
+    assert engine.metrics().rejections == 2  # the list never became a request: refused in Python
+
+
+def test_higher_priority_requests_run_first(mlp_model: ember.Model) -> None:
+    # max_batch_size=1 runs one request per batch; a long delay never closes a batch early. The
+    # first request holds the lane while the rest queue; completion order follows priority.
+    with ember.Engine(mlp_model, max_batch_size=1) as eng:
+        order: list[int] = []
+        lock = threading.Lock()
+
+        def record(tag: int) -> object:
+            def done(_: concurrent.futures.Future[dict[str, np.ndarray]]) -> None:
+                with lock:
+                    order.append(tag)
+
+            return done
+
+        big = rows(20000, 0)  # keeps the lane busy while the others queue
+        first = eng.submit({"x": big})
+        futures = []
+        for tag, priority in ((1, 0), (2, 5), (3, -1), (4, 5)):
+            future = eng.submit({"x": rows(1, tag)}, priority=priority)
+            future.add_done_callback(record(tag))
+            futures.append(future)
+        first.result(timeout=30)
+        concurrent.futures.wait(futures, timeout=30)
+    if eng.metrics().queue_us.max == 0:
+        pytest.skip("the first request finished before the others queued")
+    assert order == [2, 4, 1, 3]
+
+
+def test_a_request_past_its_deadline_raises_timeout_and_never_runs(
+    mlp_model: ember.Model,
+) -> None:
+    with ember.Engine(mlp_model, max_batch_size=1) as eng:
+        blocker = eng.submit({"x": rows(20000, 0)})  # ~ms of work ahead of the next one
+        late = eng.submit({"x": rows(1, 1)}, timeout_us=1)
+        with pytest.raises(ember.TimeoutError, match="deadline passed"):
+            late.result(timeout=30)
+        assert isinstance(late.exception(), TimeoutError)  # also the builtin
+        blocker.result(timeout=30)
+        assert eng.metrics().failures == {"DeadlineExceeded": 1}
+        assert eng.metrics().successes == 1
+
+
+def test_a_full_queue_refuses_at_once(mlp_model: ember.Model) -> None:
+    with ember.Engine(mlp_model, max_batch_size=1, max_queue_size=2) as eng:
+        blocker = eng.submit({"x": rows(20000, 0)})
+        while eng.queue_size:  # wait until the blocker runs
+            time.sleep(0.0005)
+        accepted = [eng.submit({"x": rows(1, i)}) for i in range(2)]
+        with pytest.raises(ember.QueueFullError, match="max_queue_size=2"):
+            eng.submit({"x": rows(1, 9)})
+        if blocker.done():
+            pytest.skip("the blocker finished before the queue filled")
+        for future in [blocker, *accepted]:
+            future.result(timeout=30)
+        assert eng.metrics().rejections == 1
+
+
+def test_close_with_drain_finishes_everything_queued(mlp_model: ember.Model) -> None:
+    eng = ember.Engine(mlp_model, max_queue_delay_us=10_000_000, preferred_batch_sizes=(8,))
+    futures = [eng.submit({"x": rows(1, i)}) for i in range(5)]  # 5 rows wait for 8 or 10 s
+    start = time.perf_counter()
+    eng.close(drain=True)
+    assert time.perf_counter() - start < 5, "drain waited for the batching delay"
+    assert all(f.done() for f in futures)
+    assert all(f.result()["y"].shape == (1, 5) for f in futures)
+    with pytest.raises(ember.EngineClosedError):
+        eng.run({"x": rows(1, 0)})
+
+
+def test_close_without_drain_fails_what_is_queued_and_no_future_hangs(
+    mlp_model: ember.Model,
+) -> None:
+    eng = ember.Engine(mlp_model, max_queue_delay_us=10_000_000, preferred_batch_sizes=(8,))
+    futures = [eng.submit({"x": rows(1, i)}) for i in range(5)]
+    eng.close(drain=False)
+    for future in futures:
+        assert future.done()
+        assert isinstance(future.exception(), ember.EngineClosedError)
+    eng.close()  # idempotent
+
+
+def test_an_abandoned_engine_fails_its_pending_futures(mlp_model: ember.Model) -> None:
+    eng = ember.Engine(mlp_model, max_queue_delay_us=10_000_000, preferred_batch_sizes=(8,))
+    future = eng.submit({"x": rows(1, 0)})
+    del eng
+    gc.collect()
+    with pytest.raises(ember.EngineClosedError):
+        future.result(timeout=10)
+
+
+def test_asyncio_futures_resolve_when_closed_without_drain(mlp_model: ember.Model) -> None:
+    eng = ember.Engine(mlp_model, max_queue_delay_us=10_000_000, preferred_batch_sizes=(8,))
+
+    async def scenario() -> list[BaseException | dict[str, np.ndarray]]:
+        tasks = [asyncio.ensure_future(eng.infer({"x": rows(1, i)})) for i in range(3)]
+        await asyncio.sleep(0.01)
+        eng.close(drain=False)
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, ember.EngineClosedError) for r in results)
+
+
+def test_a_cancelled_future_is_skipped_not_an_error(engine: ember.Engine) -> None:
+    future = engine.submit({"x": rows(3, 0)})  # 3 rows wait for the 1 ms delay
+    future.cancel()
+    assert engine.run({"x": rows(1, 1)})["y"].shape == (1, 5)
+    engine.close()
+    assert future.cancelled()
+
+
+def test_metrics_count_requests_and_report_percentiles(engine: ember.Engine) -> None:
+    for i in range(30):
+        engine.run({"x": rows(1 + i % 2, i)})
+    m = engine.metrics()
+    assert (m.requests, m.successes, m.rows) == (30, 30, 45)
+    assert m.total_us.count == 30
+    assert 0 < m.total_us.p50 <= m.total_us.p90 <= m.total_us.p99 <= m.total_us.p999
+    assert m.total_us.p999 <= m.total_us.max * 1.0625 + 1
+    assert m.compute_us.p50 <= m.total_us.p50 * 1.07
+    assert sum(count for _, count in m.total_us.buckets) == 30
+    assert m.batch_rows.count >= 1
+
+
+def test_outputs_view_pooled_memory_and_return_it_when_dropped(engine: ember.Engine) -> None:
+    for i in range(20):  # warm up: every size class the requests need is cached
+        engine.run({"x": rows(1 + i % 4, i)})
+    warm = engine.memory_stats()
+    kept = [engine.run({"x": rows(1 + i % 4, i)}) for i in range(200)]
+    assert engine.memory_stats()["bytes_in_use"] > warm["bytes_in_use"]  # held by `kept`
+    out = kept[0]["y"]
+    assert not out.flags["OWNDATA"] and out.base is not None  # a view of a pooled block
+    del kept, out
+    gc.collect()
+    assert engine.memory_stats()["bytes_in_use"] == 0
+    before = engine.memory_stats()
+    for i in range(300):
+        engine.run({"x": rows(1 + i % 4, i)})
+    after = engine.memory_stats()
+    assert after["allocations"] == before["allocations"], "steady state allocated from the system"
+    assert after["hits"] >= before["hits"] + 600  # inputs and outputs of each request reuse blocks
+
+
+def test_lanes_times_threads_may_not_exceed_the_cores(mlp_model: ember.Model) -> None:
+    with pytest.raises(ember.InvalidInputError, match=r"exceeds the \d+ cores"):
+        ember.Engine(mlp_model, lanes=ember.NUM_THREADS, threads_per_lane=2)
+    with pytest.raises(ember.InvalidInputError, match="preferred batch size 64"):
+        ember.Engine(mlp_model, preferred_batch_sizes=(64,))
+
+
+def test_several_lanes_serve_correctly(mlp_model: ember.Model) -> None:
+    lanes = max(1, ember.NUM_THREADS)
+    with ember.Engine(mlp_model, lanes=lanes, threads_per_lane=1) as eng:
+        assert eng.options["lanes"] == lanes
+        inputs = [rows(1 + i % 5, i) for i in range(300)]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda x: eng.run({"x": x})["y"], inputs))
+    for got, x in zip(results, inputs, strict=True):
+        np.testing.assert_allclose(got, mlp_model.run({"x": x})["y"], atol=ATOL)
