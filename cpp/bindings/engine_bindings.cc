@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "ember/cpu_relax.h"
 #include "ember/engine.h"
 #include "ember/model.h"
 #include "errors.h"
@@ -183,6 +185,7 @@ class CompletionQueue {
 
 // Signalled once by the completion of a blocking run().
 struct Waiter {
+  std::atomic<bool> done_flag{false};  // for spinning; `done` under the mutex for sleeping
   std::mutex mutex;
   std::condition_variable done_cv;
   bool done = false;
@@ -225,10 +228,12 @@ class PyEngine {
       waiter->status = std::move(status);
       waiter->outputs = std::move(outputs);
       waiter->done = true;
+      waiter->done_flag.store(true, std::memory_order_release);
       waiter->done_cv.notify_one();
     });
     {
       py::gil_scoped_release release;
+      SpinWhileFast(*waiter);
       std::unique_lock<std::mutex> lock(waiter->mutex);
       waiter->done_cv.wait(lock, [&] { return waiter->done; });
     }
@@ -261,6 +266,21 @@ class PyEngine {
   Engine& engine() { return *engine_; }
 
  private:
+  // When batches take about as long as a thread takes to wake (small models), one waiting caller
+  // at a time polls for its result before sleeping; more would steal cores from the lanes.
+  void SpinWhileFast(const Waiter& waiter) {
+    const int64_t budget_us = engine_->options().idle_spin_us;
+    const int64_t compute_us = engine_->recent_compute_us();
+    if (budget_us == 0 || compute_us > budget_us) return;
+    if (spinners_.fetch_add(1, std::memory_order_acq_rel) == 0) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(budget_us + compute_us);
+      while (!waiter.done_flag.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < until) {
+        for (int i = 0; i < 16; ++i) CpuRelax();
+      }
+    }
+    spinners_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+
   void SubmitWith(const py::dict& inputs, int priority, int64_t timeout_us, engine::Completion done) {
     std::vector<py::array> keep;
     const runtime::NamedTensorViews views = ConvertInputs(inputs, &keep);
@@ -281,6 +301,7 @@ class PyEngine {
   std::shared_ptr<const OutputInfo> info_;
   std::unique_ptr<Engine> engine_;
   std::set<std::shared_ptr<CompletionQueue>> queues_;
+  std::atomic<int> spinners_{0};
 };
 
 py::dict HistogramToDict(const engine::HistogramSnapshot& h) {

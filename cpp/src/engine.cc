@@ -1,6 +1,7 @@
 #include "ember/engine.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -12,6 +13,7 @@
 
 #include <omp.h>
 
+#include "ember/cpu_relax.h"
 #include "ember/model.h"
 
 namespace ember::engine {
@@ -79,12 +81,15 @@ struct Engine::Impl {
   std::vector<Request> payloads;        // payloads[i] belongs to pending[i]
   uint64_t next_id = 1;
   bool closing = false;
+  std::atomic<uint64_t> arrivals{0};            // bumped by every accepted request; lanes poll it
+  std::atomic<int64_t> recent_compute_us{0};    // moving average over batches
 
   std::mutex close_mutex;  // serializes Close(); held while joining
   std::vector<std::thread> lanes;
 
   bool has_batch_axis() const { return !spec.buckets.empty(); }
   void LaneMain(size_t lane);
+  void WaitForWork(std::unique_lock<std::mutex>& lock, int64_t until_us);
   void RunBatch(Executor& executor, std::vector<Request>& batch);
   void Deliver(std::vector<Request>& batch, std::shared_ptr<const memory::Block> block,
                const std::vector<size_t>& offsets, int64_t run_rows, int64_t start_us,
@@ -129,6 +134,9 @@ Status ResolveOptions(const ModelSpec& spec, EngineOptions* o) {
   }
   if (o->max_queue_size < 1) {
     return Status::InvalidArgument("max_queue_size must be >= 1, got " + std::to_string(o->max_queue_size));
+  }
+  if (o->idle_spin_us < 0) {
+    return Status::InvalidArgument("idle_spin_us must be >= 0, got " + std::to_string(o->idle_spin_us));
   }
   if (o->default_timeout_us < 0) {
     return Status::InvalidArgument("default_timeout_us must be >= 0 (0: no deadline), got " +
@@ -230,6 +238,7 @@ Status Engine::Submit(const runtime::NamedTensorViews& inputs, const SubmitOptio
     const auto index = at - s.pending.begin();
     s.pending.insert(at, meta);
     s.payloads.insert(s.payloads.begin() + index, std::move(request));
+    s.arrivals.fetch_add(1, std::memory_order_release);
   }
   s.metrics.RecordSubmitted(rows);
   s.work.notify_one();
@@ -244,17 +253,12 @@ void Engine::Impl::LaneMain(size_t lane) {
   for (;;) {
     if (pending.empty()) {
       if (closing) return;
-      work.wait(lock);
+      WaitForWork(lock, kNoDeadline);
       continue;
     }
     const BatchDecision decision = policy.Next(pending, NowUs(), /*draining=*/closing);
     if (decision.batch.empty() && decision.expired.empty()) {
-      const auto wake = std::chrono::steady_clock::time_point(std::chrono::microseconds(decision.wake_at_us));
-      if (decision.wake_at_us == kNoDeadline) {
-        work.wait(lock);
-      } else {
-        work.wait_until(lock, wake);
-      }
+      WaitForWork(lock, decision.wake_at_us);
       continue;
     }
     // Both id lists are subsequences of `pending` in queue order: split it in one pass.
@@ -290,6 +294,29 @@ void Engine::Impl::LaneMain(size_t lane) {
       batch.clear();
     }
     lock.lock();
+  }
+}
+
+// Returns when a request may have arrived, when `until_us` has come, or on a spurious wake-up:
+// the caller decides again. Polls `arrivals` for up to idle_spin_us first (lock released), then
+// sleeps on the condition variable (which Submit and Close notify).
+void Engine::Impl::WaitForWork(std::unique_lock<std::mutex>& lock, int64_t until_us) {
+  if (options.idle_spin_us > 0) {
+    const uint64_t seen = arrivals.load(std::memory_order_acquire);
+    const int64_t spin_until = std::min(until_us, NowUs() + options.idle_spin_us);
+    lock.unlock();
+    bool arrived = false;
+    while (!(arrived = arrivals.load(std::memory_order_acquire) != seen) && NowUs() < spin_until) {
+      for (int i = 0; i < 16; ++i) CpuRelax();
+    }
+    lock.lock();
+    if (arrived || closing || NowUs() >= until_us) return;
+    if (arrivals.load(std::memory_order_acquire) != seen) return;
+  }
+  if (until_us == kNoDeadline) {
+    work.wait(lock);
+  } else {
+    work.wait_until(lock, std::chrono::steady_clock::time_point(std::chrono::microseconds(until_us)));
   }
 }
 
@@ -350,6 +377,10 @@ void Engine::Impl::RunBatch(Executor& executor, std::vector<Request>& batch) {
   Status status = nothing_to_run ? Status::Ok() : executor.Run(views, run_rows, buffers);
   assembled = memory::Block();  // back to the pool before completions run
   if (!status.ok()) return Fail(batch, status);
+  const int64_t compute_us = NowUs() - start_us;
+  const int64_t average = recent_compute_us.load(std::memory_order_relaxed);
+  recent_compute_us.store(average == 0 ? compute_us : (7 * average + compute_us) / 8,
+                          std::memory_order_relaxed);
   auto shared = std::make_shared<const memory::Block>(std::move(out));
   Deliver(batch, std::move(shared), offsets, run_rows, start_us, NowUs());
 }
@@ -434,6 +465,10 @@ MetricsSnapshot Engine::metrics() const { return impl_->metrics.Snapshot(); }
 memory::PoolStats Engine::pool_stats() const { return impl_->pool->stats(); }
 const EngineOptions& Engine::options() const { return impl_->options; }
 const ModelSpec& Engine::spec() const { return impl_->spec; }
+
+int64_t Engine::recent_compute_us() const {
+  return impl_->recent_compute_us.load(std::memory_order_relaxed);
+}
 
 size_t Engine::queue_size() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);

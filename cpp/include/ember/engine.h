@@ -31,6 +31,9 @@ struct EngineOptions {
   int64_t max_queue_size = 4096;    // waiting requests; one more is refused with QueueFull
   int64_t default_timeout_us = 0;   // a request's deadline when it names none; 0: no deadline
   size_t pool_max_cached_bytes = size_t{512} << 20;  // memory kept for reuse by the pool
+  // An idle lane polls for new requests this long before it sleeps: waking a sleeping thread
+  // costs ~50 us on a VM, more than a small model's whole batch. 0: sleep at once.
+  int64_t idle_spin_us = 50;
 };
 
 // One output of one request: its rows of a pooled batch buffer. The block goes back to the pool
@@ -98,6 +101,8 @@ class Engine {
   const EngineOptions& options() const;  // as resolved: defaults filled in
   const ModelSpec& spec() const;
   size_t queue_size() const;  // requests waiting to run
+  // A moving average of recent batches' compute time: how long a caller can expect to wait.
+  int64_t recent_compute_us() const;
 
  private:
   struct Impl;
