@@ -224,11 +224,15 @@ class PyEngine {
   py::dict Run(const py::dict& inputs, int priority, int64_t timeout_us) {
     auto waiter = std::make_shared<Waiter>();
     SubmitWith(inputs, priority, timeout_us, [waiter](Status status, std::vector<OutputTensor> outputs) {
-      std::lock_guard<std::mutex> lock(waiter->mutex);
-      waiter->status = std::move(status);
-      waiter->outputs = std::move(outputs);
-      waiter->done = true;
-      waiter->done_flag.store(true, std::memory_order_release);
+      {
+        std::lock_guard<std::mutex> lock(waiter->mutex);
+        waiter->status = std::move(status);
+        waiter->outputs = std::move(outputs);
+        waiter->done = true;
+        waiter->done_flag.store(true, std::memory_order_release);
+      }
+      // After unlocking, so the woken caller does not block on the mutex again; this lambda's
+      // reference keeps the waiter alive until it returns.
       waiter->done_cv.notify_one();
     });
     {

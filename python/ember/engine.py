@@ -121,6 +121,7 @@ class Engine:
         self._loop_queues: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, _core.CompletionQueue
         ] = weakref.WeakKeyDictionary()
+        self._last_loop_queue: tuple[asyncio.AbstractEventLoop, _core.CompletionQueue] | None = None
         _live_engines.add(self)
 
     # --- requests -----------------------------------------------------------------------------
@@ -254,12 +255,16 @@ class Engine:
             return self._futures_queue
 
     def _loop_queue(self, loop: asyncio.AbstractEventLoop) -> _core.CompletionQueue:
+        last = self._last_loop_queue
+        if last is not None and last[0] is loop:  # the common case: one serving loop
+            return last[1]
         queue = self._loop_queues.get(loop)
         if queue is None:
             queue = _core.CompletionQueue(for_asyncio=True)
             loop.add_reader(queue.fd, queue.dispatch, 0.0)
             with self._lock:
                 self._loop_queues[loop] = queue
+        self._last_loop_queue = (loop, queue)
         return queue
 
 
