@@ -99,6 +99,15 @@ class CompletionQueue {
   CompletionQueue(const CompletionQueue&) = delete;
   CompletionQueue& operator=(const CompletionQueue&) = delete;
 
+  // Requests submitted to this queue whose completion has not been pushed yet.
+  int outstanding() const { return outstanding_.load(std::memory_order_acquire); }
+  void AddOutstanding(int delta) { outstanding_.fetch_add(delta, std::memory_order_acq_rel); }
+  // Bumped by every Push(): lets a submitter poll for a completion without the mutex.
+  uint64_t pushed() const { return pushed_.load(std::memory_order_acquire); }
+  bool for_asyncio() const { return asyncio_; }
+  // How many futures the latest Dispatch() resolved (1 for a lone caller).
+  size_t last_dispatched() const { return last_dispatched_.load(std::memory_order_relaxed); }
+
   void Push(Finished item) {
     bool was_empty;
     {
@@ -106,6 +115,8 @@ class CompletionQueue {
       was_empty = items_.empty();
       items_.push_back(std::move(item));
     }
+    outstanding_.fetch_sub(1, std::memory_order_acq_rel);
+    pushed_.fetch_add(1, std::memory_order_acq_rel);
     if (!was_empty) return;  // whoever dispatches has been woken already
     ready_.notify_one();
     if (fd_ >= 0) {
@@ -138,6 +149,7 @@ class CompletionQueue {
       }
     }
     if (finished) return -1;
+    last_dispatched_.store(ready.size(), std::memory_order_relaxed);
     for (Finished& item : ready) Resolve(item);
     return static_cast<int>(ready.size());
   }
@@ -181,6 +193,9 @@ class CompletionQueue {
   std::condition_variable ready_;
   std::vector<Finished> items_;
   bool closed_ = false;
+  std::atomic<int> outstanding_{0};
+  std::atomic<uint64_t> pushed_{0};
+  std::atomic<size_t> last_dispatched_{0};
 };
 
 // Signalled once by the completion of a blocking run().
@@ -237,7 +252,7 @@ class PyEngine {
     });
     {
       py::gil_scoped_release release;
-      SpinWhileFast(*waiter);
+      SpinWhileFast([&] { return waiter->done_flag.load(std::memory_order_acquire); });
       std::unique_lock<std::mutex> lock(waiter->mutex);
       waiter->done_cv.wait(lock, [&] { return waiter->done; });
     }
@@ -251,14 +266,25 @@ class PyEngine {
     PyObject* raw = future.ptr();
     Py_INCREF(raw);
     CompletionQueue* target = queue.get();
+    const uint64_t pushed_before = target->pushed();
+    target->AddOutstanding(1);
     try {
       SubmitWith(inputs, priority, timeout_us,
                  [target, raw, info = info_](Status status, std::vector<OutputTensor> outputs) {
                    target->Push(Finished{raw, std::move(status), std::move(outputs), info});
                  });
     } catch (...) {
+      target->AddOutstanding(-1);
       Py_DECREF(raw);  // refused: the completion will never run
       throw;
+    }
+    // A lone asyncio caller of a fast model (nothing else in flight, and the loop's last round
+    // resolved only its previous request): wait here a moment (GIL released) so that the event
+    // loop finds the result ready instead of sleeping in epoll and paying a thread wake-up. With
+    // several callers this would hold back the others' submissions, so it never happens then.
+    if (target->for_asyncio() && target->outstanding() == 1 && target->last_dispatched() <= 1) {
+      py::gil_scoped_release release;
+      SpinWhileFast([&] { return target->pushed() != pushed_before; });
     }
   }
 
@@ -272,13 +298,14 @@ class PyEngine {
  private:
   // When batches take about as long as a thread takes to wake (small models), one waiting caller
   // at a time polls for its result before sleeping; more would steal cores from the lanes.
-  void SpinWhileFast(const Waiter& waiter) {
+  template <typename Done>
+  void SpinWhileFast(const Done& done) {
     const int64_t budget_us = engine_->options().idle_spin_us;
     const int64_t compute_us = engine_->recent_compute_us();
     if (budget_us == 0 || compute_us > budget_us) return;
     if (spinners_.fetch_add(1, std::memory_order_acq_rel) == 0) {
       const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(budget_us + compute_us);
-      while (!waiter.done_flag.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < until) {
+      while (!done() && std::chrono::steady_clock::now() < until) {
         for (int i = 0; i < 16; ++i) CpuRelax();
       }
     }

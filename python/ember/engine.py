@@ -87,7 +87,9 @@ class Engine:
     `max_queue_delay_us`. Higher `priority` runs first; a request whose `timeout_us` passes before
     it starts fails with `ember.TimeoutError` and never runs; a full queue raises
     `ember.QueueFullError` at once. `lanes` threads each own a VM and `threads_per_lane` cores
-    (default: the cores divided among the lanes; lanes x threads may not exceed ember's threads).
+    (lanes x threads may not exceed ember's threads). By default the cores are divided among the
+    lanes, except for models whose full batch runs in under 1 ms (timed once at creation, which
+    also warms the model up): they get one thread per lane, leaving the other cores to the callers.
 
     Thread-safe. Close it (or use `with`) to finish or fail everything pending; no future hangs.
     """

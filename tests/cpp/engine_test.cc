@@ -31,6 +31,7 @@ struct FakeState {
   std::vector<int64_t> batch_rows;  // rows per Run call, in order
   std::vector<float> first_values;  // x[0][0] of each Run, to see the order requests ran in
   Status fail_with;                 // returned by every Run when not ok
+  int64_t run_sleep_us = 0;         // each Run takes at least this long
 
   void Close() {
     std::lock_guard<std::mutex> lock(mutex);
@@ -67,6 +68,7 @@ class FakeExecutor final : public Executor {
       state_->first_values.push_back(x[0]);
       if (!state_->fail_with.ok()) return state_->fail_with;
     }
+    std::this_thread::sleep_for(std::chrono::microseconds(state_->run_sleep_us));
     if (inputs[0].shape != std::vector<int64_t>{rows, kWidth}) return Status::Internal("bad shape");
     const auto* x = static_cast<const float*>(inputs[0].data);
     auto* y = static_cast<float*>(outputs[0].data);
@@ -448,6 +450,38 @@ TEST(Engine, OptionsAreCheckedAndDefaultsResolved) {
   EXPECT_EQ(resolved.threads_per_lane, 2);
   EXPECT_EQ(resolved.max_batch_size, 16);
   EXPECT_EQ(resolved.preferred_batch_sizes, (std::vector<int64_t>{1, 4, 8, 16}));
+}
+
+TEST(Engine, WarmUpRunsAFullBatchAndGivesFastModelsOneThreadPerLane) {
+  auto state = std::make_shared<FakeState>();
+  auto factory = [state]() -> Result<std::unique_ptr<Executor>> {
+    return std::unique_ptr<Executor>(std::make_unique<FakeExecutor>(state));
+  };
+  EngineOptions options;
+  options.cores = 4;
+  options.warm_up = true;
+  auto fast = Engine::Create(FakeSpec(), factory, options);
+  ASSERT_TRUE(fast.ok()) << fast.status().ToString();
+  EXPECT_EQ(fast.value()->options().threads_per_lane, 1);  // microseconds per batch
+  {
+    std::lock_guard<std::mutex> lock(state->mutex);
+    EXPECT_EQ(state->batch_rows, (std::vector<int64_t>{16, 16}));  // the largest bucket, twice
+  }
+  state->run_sleep_us = 2 * kSmallBatchUs;  // a slow model keeps cores / lanes threads
+  auto slow = Engine::Create(FakeSpec(), factory, options);
+  ASSERT_TRUE(slow.ok());
+  EXPECT_EQ(slow.value()->options().threads_per_lane, 4);
+  state->run_sleep_us = 0;
+  options.threads_per_lane = 4;  // an explicit choice is kept
+  auto explicit_threads = Engine::Create(FakeSpec(), factory, options);
+  ASSERT_TRUE(explicit_threads.ok());
+  EXPECT_EQ(explicit_threads.value()->options().threads_per_lane, 4);
+
+  state->fail_with = Status::RuntimeError("no warm-up for you");
+  options.threads_per_lane = 0;
+  auto failed = Engine::Create(FakeSpec(), factory, options);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().message(), "no warm-up for you");
 }
 
 TEST(Engine, AFailingExecutorFactoryFailsCreate) {

@@ -23,7 +23,8 @@ namespace ember::engine {
 
 struct EngineOptions {
   int lanes = 1;              // executor threads, each owning its own VM
-  int threads_per_lane = 0;   // OpenMP threads per lane; 0: cores / lanes
+  int threads_per_lane = 0;   // OpenMP threads per lane; 0: cores / lanes, or 1 when warm_up
+                              // finds a full batch that fast (see kSmallBatchUs)
   int cores = 0;              // lanes x threads_per_lane may not exceed this; 0: ember's threads
   int64_t max_batch_size = 0;       // rows; 0: the largest bucket (1 without a batch axis)
   int64_t max_queue_delay_us = 500; // a batch waits at most this long for its oldest request
@@ -34,7 +35,14 @@ struct EngineOptions {
   // An idle lane polls for new requests this long before it sleeps: waking a sleeping thread
   // costs ~50 us on a VM, more than a small model's whole batch. 0: sleep at once.
   int64_t idle_spin_us = 50;
+  // Run the largest bucket on zeros before serving: prepacks weights and sizes the VM's memory,
+  // so the first request is not slow, and times a batch (Create(model) turns this on).
+  bool warm_up = false;
 };
+
+// A full batch faster than this is overhead-bound: more threads per lane would only spin in
+// OpenMP barriers and take cores from the callers that feed the engine.
+constexpr int64_t kSmallBatchUs = 1000;
 
 // One output of one request: its rows of a pooled batch buffer. The block goes back to the pool
 // when the last OutputTensor (or copy of its shared_ptr) referencing it is destroyed.
