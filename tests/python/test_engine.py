@@ -261,3 +261,26 @@ def test_several_lanes_serve_correctly(mlp_model: ember.Model) -> None:
             results = list(pool.map(lambda x: eng.run({"x": x})["y"], inputs))
     for got, x in zip(results, inputs, strict=True):
         np.testing.assert_allclose(got, mlp_model.run({"x": x})["y"], atol=ATOL)
+
+
+def test_the_gil_is_free_while_a_caller_waits_for_its_batch(mlp_model: ember.Model) -> None:
+    # 3 rows are no preferred size, so the batch waits the whole 200 ms delay.
+    with ember.Engine(mlp_model, max_queue_delay_us=200_000, preferred_batch_sizes=(8,)) as eng:
+        done = threading.Event()
+
+        def call() -> None:
+            eng.run({"x": rows(3, 0)})
+            done.set()
+
+        caller = threading.Thread(target=call)
+        start = time.perf_counter()
+        caller.start()
+        ticks = 0
+        while not done.is_set():
+            ticks += 1
+            time.sleep(0)  # yields the GIL: counts only advance if the waiting caller lets go
+        caller.join()
+        waited_ms = (time.perf_counter() - start) * 1e3
+    assert waited_ms >= 190
+    # Holding the GIL while waiting would allow about one tick per 5 ms switch interval.
+    assert ticks > 10 * waited_ms / 5, (ticks, waited_ms)
