@@ -10,9 +10,11 @@ import concurrent.futures
 import gc
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import mlp
 
 import ember
 
@@ -284,3 +286,20 @@ def test_the_gil_is_free_while_a_caller_waits_for_its_batch(mlp_model: ember.Mod
     assert waited_ms >= 190
     # Holding the GIL while waiting would allow about one tick per 5 ms switch interval.
     assert ticks > 10 * waited_ms / 5, (ticks, waited_ms)
+
+
+def test_a_model_without_batch_axis_runs_one_request_per_batch(tmp_path: Path) -> None:
+    static = mlp(batch_dim=3)  # type: ignore[arg-type]  # a fixed leading dimension, not a batch axis
+    artifact = ember.compile(static, batch_sizes=None, output=tmp_path / "static")
+    model = ember.load(artifact.path)
+    with pytest.raises(ember.InvalidInputError, match="no batch axis"):
+        ember.Engine(model, max_batch_size=4)
+    with ember.Engine(model) as eng:
+        assert eng.options["max_batch_size"] == 1
+        inputs = [rows(3, i) for i in range(20)]
+        futures = [eng.submit({"x": x}) for x in inputs]
+        for future, x in zip(futures, inputs, strict=True):
+            np.testing.assert_allclose(future.result(10)["y"], model.run({"x": x})["y"], atol=ATOL)
+        with pytest.raises(ember.InvalidInputError, match="dimension 0 must be 3"):
+            eng.run({"x": rows(4, 0)})
+        assert eng.metrics().batch_rows.max == 1
