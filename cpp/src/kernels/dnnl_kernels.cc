@@ -13,6 +13,7 @@
 #include <omp.h>
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -22,6 +23,8 @@
 #include <tuple>
 #include <unordered_map>
 #include <vector>
+
+#include "ember/quant.h"
 
 namespace ember::kernels {
 namespace {
@@ -113,6 +116,8 @@ struct CachedPrimitive {
   std::shared_ptr<memory> packed_weights;  // null when the weights are a runtime input
   bool has_bias = false;
   bool has_residual = false;
+  memory::desc weight_scales_md;  // int8 kernels: per-tensor source and per-channel weight scales
+  bool has_scales = false;
 };
 
 // Identifies a primitive: the kernel, the weight's content id, the threads it is built for (a
@@ -222,12 +227,25 @@ std::unordered_map<int, memory>& ThreadArgs(const CachedPrimitive& p) {
   if (p.scratchpad_md.get_size() > 0) {
     args.emplace(DNNL_ARG_SCRATCHPAD, memory(p.scratchpad_md, Engine(), DNNL_MEMORY_NONE));
   }
+  if (p.has_scales) {
+    args.emplace(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC,
+                 memory(memory::desc({1}, kF32, Tag::a), Engine(), DNNL_MEMORY_NONE));
+    args.emplace(DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS,
+                 memory(p.weight_scales_md, Engine(), DNNL_MEMORY_NONE));
+  }
   return sets.emplace(&p, std::move(args)).first->second;
 }
 
-// Runs `p` on the given buffers (weights: null when prepacked; bias/residual: null when absent).
+// The dequantization scales of an int8 primitive's execution.
+struct Scales {
+  const float* src = nullptr;      // one value
+  const float* weights = nullptr;  // one per output channel
+};
+
+// Runs `p` on the given buffers (weights: null when prepacked; bias/residual: null when absent;
+// scales: only for int8 primitives).
 void Execute(const CachedPrimitive& p, const void* src, const void* weights, const void* bias,
-             const void* residual, void* dst) {
+             const void* residual, void* dst, Scales scales = {}) {
   auto& args = ThreadArgs(p);
   auto set = [&args](int arg, const void* data) {
     args.at(arg).set_data_handle(const_cast<void*>(data));
@@ -237,6 +255,10 @@ void Execute(const CachedPrimitive& p, const void* src, const void* weights, con
   if (!p.packed_weights) set(DNNL_ARG_WEIGHTS, weights);
   if (p.has_bias) set(DNNL_ARG_BIAS, bias);
   if (p.has_residual) set(kResidualArg, residual);
+  if (p.has_scales) {
+    set(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, scales.src);
+    set(DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, scales.weights);
+  }
   const size_t scratch_bytes = p.scratchpad_md.get_size();
   if (scratch_bytes > 0) set(DNNL_ARG_SCRATCHPAD, ThreadScratchpad(scratch_bytes));
   p.primitive.execute(ThreadStream(), args);
@@ -449,13 +471,138 @@ void Matmul(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   });
 }
 
+// Per-thread buffer for an int8 kernel's quantized activation.
+void* ThreadQuantized(size_t nbytes) {
+  thread_local std::vector<char> buffer;
+  if (buffer.size() < nbytes) buffer.resize(nbytes);
+  return buffer.data();
+}
+
+const DLTensor* Int8TensorArg(const ffi::PackedArgs& args, int i, const char* kernel) {
+  const DLTensor* t = args[i].cast<DLTensor*>();
+  if (t->device.device_type != kDLCPU || t->dtype.code != kDLInt || t->dtype.bits != 8 ||
+      t->dtype.lanes != 1 || t->strides != nullptr) {
+    TVM_FFI_THROW(TypeError) << kernel << ": argument " << i
+                             << " must be a contiguous int8 CPU tensor";
+  }
+  return t;
+}
+
+// x86 CPUs without VNNI multiply u8 x s8 pairs into saturating int16 sums (vpmaddubsw), which
+// overflow once |w| > 63 with activations near 255: weights must then fit in 7 bits, as ONNX
+// Runtime's reduce_range quantizes them for the same reason.
+bool Int8NeedsSevenBitWeights() {
+#if defined(__x86_64__)
+  static const bool needs = !(__builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni"));
+  return needs;
+#else
+  return false;
+#endif
+}
+
+constexpr int kSevenBitMax = 63;
+
+// ember.dnnl.matmul_q8(a[..., M, K], b[K, N] int8, b_scales[N], bias[N], residual[..., M, N],
+//   a_scale, a_unsigned, has_bias, has_residual, activation, weight_id, alpha, beta,
+//   out[..., M, N])
+// Static int8: `a` (float32) is quantized with the calibrated a_scale (zero point 0; uint8 when
+// a_unsigned, i.e. the activation is never negative, else symmetric int8) by quant::Quantize*,
+// then multiplied with the constant per-output-channel int8 weights `b` in int32 and dequantized
+// in the same primitive: out = a_scale * b_scales[n] * (qa x b) + bias, then residual and
+// activation. The weights are prepacked once per weight_id; `a`'s leading dims fold into M. On
+// CPUs without VNNI, weights outside [-63, 63] are refused (see Int8NeedsSevenBitWeights).
+void MatmulQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
+  constexpr const char* kName = "ember.dnnl.matmul_q8";
+  if (args.size() != 14) TVM_FFI_THROW(ValueError) << kName << ": expects 14 arguments";
+  const DLTensor* a = TensorArg(args, 0, kName);
+  const DLTensor* b = Int8TensorArg(args, 1, kName);
+  const DLTensor* b_scales = TensorArg(args, 2, kName);
+  const DLTensor* out = TensorArg(args, 13, kName);
+  const float a_scale = static_cast<float>(args[5].cast<double>());
+  const int64_t a_unsigned = args[6].cast<int64_t>(), has_bias = args[7].cast<int64_t>();
+  const int64_t has_res = args[8].cast<int64_t>(), act = args[9].cast<int64_t>();
+  const int64_t weight_id = args[10].cast<int64_t>();
+  const auto alpha = static_cast<float>(args[11].cast<double>());
+  const auto beta = static_cast<float>(args[12].cast<double>());
+  const DLTensor* bias = has_bias ? TensorArg(args, 3, kName) : nullptr;
+  const DLTensor* residual = has_res ? TensorArg(args, 4, kName) : nullptr;
+  if (a->ndim < 2 || b->ndim != 2 || out->ndim != a->ndim) {
+    TVM_FFI_THROW(ValueError) << kName << ": expects a[..., M, K], b[K, N] and out[..., M, N]";
+  }
+  const int64_t k = a->shape[a->ndim - 1], n = b->shape[1];
+  if (b->shape[0] != k || b_scales->ndim != 1 || b_scales->shape[0] != n) {
+    TVM_FFI_THROW(ValueError) << kName << ": b must be [K, N] with K = " << k
+                              << " and b_scales [N]";
+  }
+  if (!(a_scale > 0) || !std::isfinite(a_scale)) {
+    TVM_FFI_THROW(ValueError) << kName << ": a_scale must be finite and > 0, got " << a_scale;
+  }
+  int64_t m = 1;
+  for (int d = 0; d < a->ndim - 1; ++d) m *= a->shape[d];
+  const SerialIfSmall serial(2.0 * static_cast<double>(m) * static_cast<double>(k * n));
+  const auto src_type = a_unsigned ? memory::data_type::u8 : memory::data_type::s8;
+  PrimitiveKey key;
+  key.kernel = 2;
+  key.weight_id = weight_id;
+  key.Add({m, k, n, a_unsigned, has_bias, has_res, act, static_cast<int64_t>(alpha * 1e6),
+           static_cast<int64_t>(beta * 1e6)});
+  Guarded(kName, [&] {
+    const CachedPrimitive& prim = GetOrBuild(key, [&] {
+      CachedPrimitive p;
+      p.has_bias = has_bias != 0;
+      p.has_residual = has_res != 0;
+      p.has_scales = true;
+      p.src_md = memory::desc({m, k}, src_type, Tag::ab);
+      p.dst_md = PlainDesc({m, n});
+      p.residual_md = p.dst_md;
+      p.weight_scales_md = memory::desc({n}, kF32, Tag::a);
+      if (has_bias) p.bias_md = PlainDesc({1, n});
+      auto attr = MakeAttr(MakePostOps(has_res != 0, p.residual_md, static_cast<int>(act), alpha, beta));
+      attr.set_scales_mask(DNNL_ARG_SRC, 0);
+      attr.set_scales_mask(DNNL_ARG_WEIGHTS, 1 << 1);  // per column n of b[K, N]
+      auto pd = dnnl::matmul::primitive_desc(
+          Engine(), p.src_md, memory::desc({k, n}, memory::data_type::s8, Tag::any), p.bias_md,
+          p.dst_md, attr);
+      if (Int8NeedsSevenBitWeights()) {
+        const auto* w = static_cast<const int8_t*>(DataOf(b));
+        const bool fits = std::all_of(w, w + k * n, [](int8_t v) { return v >= -kSevenBitMax && v <= kSevenBitMax; });
+        if (!fits) {
+          TVM_FFI_THROW(ValueError) << kName << ": int8 weights must be within [-63, 63] on CPUs "
+                                    << "without VNNI (u8 x s8 products saturate in int16 otherwise)";
+        }
+      }
+      p.weights_md = pd.weights_desc();
+      p.scratchpad_md = pd.scratchpad_desc();
+      p.primitive = dnnl::matmul(pd);
+      p.packed_weights = PackWeights(weight_id, memory::desc({k, n}, memory::data_type::s8, Tag::ab),
+                                     DataOf(b), p.weights_md);
+      return p;
+    });
+    const size_t count = static_cast<size_t>(m * k);
+    void* quantized = ThreadQuantized(count);
+    const auto* src = static_cast<const float*>(DataOf(a));
+    const quant::QuantParams params{a_scale, 0};
+    if (a_unsigned) {
+      quant::QuantizeU8(src, count, params, static_cast<uint8_t*>(quantized));
+    } else {
+      quant::QuantizeS8(src, count, params, static_cast<int8_t*>(quantized));
+    }
+    Execute(prim, quantized, nullptr, bias ? DataOf(bias) : nullptr,
+            residual ? DataOf(residual) : nullptr, DataOf(out),
+            Scales{&a_scale, static_cast<const float*>(DataOf(b_scales))});
+  });
+}
+
 }  // namespace
 
 void RegisterDnnlKernels() {
   static std::once_flag once;
   std::call_once(once, [] {
     namespace refl = tvm::ffi::reflection;
-    refl::GlobalDef().def_packed("ember.dnnl.conv2d", Conv2d).def_packed("ember.dnnl.matmul", Matmul);
+    refl::GlobalDef()
+        .def_packed("ember.dnnl.conv2d", Conv2d)
+        .def_packed("ember.dnnl.matmul", Matmul)
+        .def_packed("ember.dnnl.matmul_q8", MatmulQ8);
   });
 }
 
