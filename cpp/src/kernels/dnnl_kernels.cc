@@ -54,11 +54,14 @@ void* ThreadScratchpad(size_t nbytes) {
   return buffer.data();
 }
 
-const DLTensor* TensorArg(const ffi::PackedArgs& args, int i, const char* kernel) {
+// Argument i as a contiguous CPU tensor of the given element type (float32 by default).
+const DLTensor* TensorArg(const ffi::PackedArgs& args, int i, const char* kernel,
+                          DLDataTypeCode code = kDLFloat, int bits = 32) {
   const DLTensor* t = args[i].cast<DLTensor*>();  // throws TypeError for a non-tensor
-  if (t->device.device_type != kDLCPU || t->dtype.code != kDLFloat || t->dtype.bits != 32 ||
+  if (t->device.device_type != kDLCPU || t->dtype.code != code || t->dtype.bits != bits ||
       t->dtype.lanes != 1) {
-    TVM_FFI_THROW(TypeError) << kernel << ": argument " << i << " must be a float32 CPU tensor";
+    TVM_FFI_THROW(TypeError) << kernel << ": argument " << i << " must be a CPU tensor of dtype "
+                             << (code == kDLFloat ? "float" : "int") << bits;
   }
   if (t->strides != nullptr) {
     int64_t expected = 1;
@@ -478,16 +481,6 @@ void* ThreadQuantized(size_t nbytes) {
   return buffer.data();
 }
 
-const DLTensor* Int8TensorArg(const ffi::PackedArgs& args, int i, const char* kernel) {
-  const DLTensor* t = args[i].cast<DLTensor*>();
-  if (t->device.device_type != kDLCPU || t->dtype.code != kDLInt || t->dtype.bits != 8 ||
-      t->dtype.lanes != 1 || t->strides != nullptr) {
-    TVM_FFI_THROW(TypeError) << kernel << ": argument " << i
-                             << " must be a contiguous int8 CPU tensor";
-  }
-  return t;
-}
-
 // x86 CPUs without VNNI multiply u8 x s8 pairs into saturating int16 sums (vpmaddubsw), which
 // overflow once |w| > 63 with activations near 255: weights must then fit in 7 bits, as ONNX
 // Runtime's reduce_range quantizes them for the same reason.
@@ -515,7 +508,7 @@ void MatmulQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   constexpr const char* kName = "ember.dnnl.matmul_q8";
   if (args.size() != 14) TVM_FFI_THROW(ValueError) << kName << ": expects 14 arguments";
   const DLTensor* a = TensorArg(args, 0, kName);
-  const DLTensor* b = Int8TensorArg(args, 1, kName);
+  const DLTensor* b = TensorArg(args, 1, kName, kDLInt, 8);
   const DLTensor* b_scales = TensorArg(args, 2, kName);
   const DLTensor* out = TensorArg(args, 13, kName);
   const float a_scale = static_cast<float>(args[5].cast<double>());

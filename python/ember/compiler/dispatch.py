@@ -30,12 +30,26 @@ _BLOCK = 8  # channel block of NCHW8c, as in cpp/src/kernels/dnnl_kernels.cc
 class _Fusion:
     """One library call: the anchor op plus the chain of single-use consumers folded into it."""
 
-    kind: str  # "conv2d" | "matmul"
+    kind: str  # "conv2d" | "matmul" | "matmul_q8"
     anchor: Any  # the anchor's Call
     members: list[Any] = field(default_factory=list)  # chain vars, anchor first, output last
     bias: np.ndarray | None = None
     residual: Any = None
     activation: tuple[int, float, float] = (ACT_NONE, 0.0, 0.0)
+    q8: _Int8Operands | None = None  # matmul_q8 only
+    consumed: list[Any] = field(default_factory=list)  # QDQ vars only this call used
+
+
+@dataclass
+class _Int8Operands:
+    """What ember.dnnl.matmul_q8 takes from a quantize -> dequantize -> matmul <- dequantize(int8
+    weights) pattern (ONNX QDQ)."""
+
+    x: Any  # the float activation before QuantizeLinear
+    a_scale: float
+    a_unsigned: bool  # uint8 activation (zero point 0) rather than symmetric int8
+    weights: np.ndarray  # int8 [K, N]
+    scales: np.ndarray  # float32 [N]
 
 
 def _op(call: Any, name: str) -> bool:
@@ -69,11 +83,14 @@ def _weight_id(array: np.ndarray) -> int:
 
 
 class _Planner:
-    """Finds fusions in one Relax function's dataflow blocks."""
+    """Finds fusions in one Relax function's dataflow blocks: float conv2d/matmul chains, or with
+    `qdq`, int8 matmuls written as ONNX QDQ (before constant folding turns the int8 weights back
+    into float)."""
 
-    def __init__(self, func: Any) -> None:
+    def __init__(self, func: Any, qdq: bool = False) -> None:
         from tvm import relax
 
+        self.qdq = qdq
         self.values: dict[Any, Any] = {}
         self.users: dict[Any, list[Any]] = {}
         self.taken: set[Any] = set()  # vars already inside a fusion
@@ -119,10 +136,13 @@ class _Planner:
                 continue
             self._extend(fusion)
             taken.update(fusion.members)
+            taken.update(fusion.consumed)
             fusions.append(fusion)
         return fusions
 
     def _anchor(self, var: Any, value: Any) -> _Fusion | None:
+        if self.qdq:
+            return self._qdq_matmul(var, value)
         if _op(value, "relax.nn.conv2d"):
             attrs = value.attrs
             x_type, w = _tensor_type(value.args[0]), _const(value.args[1])
@@ -153,6 +173,64 @@ class _Planner:
                 return None
             return _Fusion("matmul", value, [var])
         return None
+
+    def _qdq_matmul(self, var: Any, value: Any) -> _Fusion | None:
+        """matmul(dequantize(quantize(x, s, 0), s, 0), dequantize(W int8 [K, N], s_w[N], 0))
+        with a per-tensor activation scale (uint8 or int8, zero point 0) and per-column or
+        per-tensor weight scales."""
+        from tvm import relax
+
+        if not _op(value, "relax.matmul"):
+            return None
+        a, b = value.args
+        if not (isinstance(a, relax.Var) and isinstance(b, relax.Var)):
+            return None
+        dq_a, dq_w = self.values.get(a), self.values.get(b)
+        if dq_a is None or dq_w is None:
+            return None
+        if not (_op(dq_a, "relax.dequantize") and _op(dq_w, "relax.dequantize")):
+            return None
+        q_var = dq_a.args[0]
+        q_a = self.values.get(q_var) if isinstance(q_var, relax.Var) else None
+        if q_a is None or not _op(q_a, "relax.quantize"):
+            return None
+        w, w_scale, w_zero = (_const(x) for x in dq_w.args)
+        if w is None or w_scale is None or w_zero is None or w.dtype != np.int8 or w.ndim != 2:
+            return None
+        n = w.shape[1]
+        if np.any(w_zero != 0) or w_scale.size not in (1, n):
+            return None
+        if w_scale.size == n and int(dq_w.attrs.axis) not in (1, -1):
+            return None
+        scalars = [_const(x) for x in (*dq_a.args[1:], *q_a.args[1:])]
+        if any(c is None or c.size != 1 for c in scalars):
+            return None
+        a_scale, a_zero, q_scale, q_zero = (float(np.asarray(c).reshape(())) for c in scalars)
+        zero_type = str(np.asarray(scalars[3]).dtype)
+        x_type, out_type = _tensor_type(q_a.args[0]), _tensor_type(var)
+        if (
+            a_zero != 0
+            or q_zero != 0
+            or a_scale != q_scale
+            or not a_scale > 0
+            or zero_type not in ("uint8", "int8")
+            or x_type is None
+            or x_type[1] != "float32"
+            or out_type is None
+            or out_type[1] != "float32"
+            or len(x_type[0]) < 2
+            or (_NEEDS_SEVEN_BIT_WEIGHTS() and np.abs(w.astype(np.int32)).max(initial=0) > 63)
+        ):
+            return None
+        operands = _Int8Operands(
+            q_a.args[0],
+            a_scale,
+            zero_type == "uint8",
+            np.ascontiguousarray(w),
+            np.broadcast_to(w_scale.astype(np.float32).reshape(-1), (n,)).copy(),
+        )
+        consumed = [v for v in (q_var, a, b) if len(self.users.get(v, [])) == 1]
+        return _Fusion("matmul_q8", value, [var], q8=operands, consumed=consumed)
 
     def _extend(self, f: _Fusion) -> None:
         out_type = _tensor_type(f.members[-1])
@@ -283,6 +361,8 @@ def _prim(value: float | int) -> Any:
 def _library_call(f: _Fusion, out_var: Any) -> Any:
     from tvm import relax
 
+    if f.q8 is not None:
+        return _int8_matmul_call(f, f.q8, out_var)
     x = f.anchor.args[0]
     bias = relax.const(f.bias) if f.bias is not None else x
     residual = f.residual if f.residual is not None else x
@@ -316,6 +396,45 @@ def _library_call(f: _Fusion, out_var: Any) -> Any:
     return relax.call_dps_packed("ember.dnnl.matmul", args, out_ty=out_var.ty)
 
 
+def _int8_matmul_call(f: _Fusion, q: _Int8Operands, out_var: Any) -> Any:
+    from tvm import relax
+
+    bias = relax.const(f.bias) if f.bias is not None else q.x
+    residual = f.residual if f.residual is not None else q.x
+    act, alpha, beta = f.activation
+    ints = [
+        int(q.a_unsigned),
+        int(f.bias is not None),
+        int(f.residual is not None),
+        act,
+        _weight_id(q.weights),
+    ]
+    args = [
+        q.x,
+        relax.const(q.weights),
+        relax.const(q.scales),
+        bias,
+        residual,
+        _prim(q.a_scale),
+        *map(_prim, ints),
+        _prim(alpha),
+        _prim(beta),
+    ]
+    return relax.call_dps_packed("ember.dnnl.matmul_q8", args, out_ty=out_var.ty)
+
+
+def host_needs_seven_bit_weights() -> bool:
+    """x86 without VNNI saturates u8 x s8 products beyond 7-bit weights (see dnnl_kernels.cc)."""
+    from .. import _core
+
+    features = _core.host_cpu_features()
+    x86 = _core.host_arch() in ("x86_64", "AMD64")
+    return x86 and not ({"avx512_vnni", "avx_vnni"} & set(features))
+
+
+_NEEDS_SEVEN_BIT_WEIGHTS = host_needs_seven_bit_weights
+
+
 _ACTIVATION_NAMES = {
     ACT_RELU: "relu",
     ACT_GELU_ERF: "gelu",
@@ -345,14 +464,14 @@ def _describe(fusions: Sequence[_Fusion]) -> dict[str, int]:
     return stats
 
 
-def _rewrite(func: Any) -> tuple[Any, list[_Fusion]]:
+def _rewrite(func: Any, qdq: bool = False) -> tuple[Any, list[_Fusion]]:
     from tvm import relax
 
-    fusions = _Planner(func).plan()
+    fusions = _Planner(func, qdq).plan()
     if not fusions:
         return func, []
     by_output = {f.members[-1]: f for f in fusions}
-    dropped = {v for f in fusions for v in f.members[:-1]}
+    dropped = {v for f in fusions for v in (*f.members[:-1], *f.consumed)}
 
     @relax.expr_functor.mutator
     class Rewriter(relax.PyExprMutator):  # type: ignore[misc]
@@ -491,10 +610,14 @@ def dispatch_to_dnnl(mod: Any, conv_layout: str = "auto") -> tuple[Any, dict[str
     kind ("conv2d", "matmul") and per fused post-op ("bias", "residual", "relu", ...)."""
     from tvm import relax
 
+    fusions: list[_Fusion] = []
+    for gv, func in list(mod.functions_items()):  # int8 QDQ matmuls, before folding loses them
+        if isinstance(func, relax.Function):
+            mod[gv], found = _rewrite(func, qdq=True)
+            fusions += found
     mod = _clip_as_relax_ops(relax.transform.FoldConstant()(mod))
     layout = choose_conv_layout(mod, conv_layout)
     mod = relax.transform.FoldConstant()(_convert_conv_layouts(mod, layout))
-    fusions: list[_Fusion] = []
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
             mod[gv], found = _rewrite(func)
@@ -505,4 +628,5 @@ def dispatch_to_dnnl(mod: Any, conv_layout: str = "auto") -> tuple[Any, dict[str
 def dispatched_kernels(mod: Any) -> Sequence[str]:
     """Names of the library kernels a module calls (for tests and reports)."""
     text = mod.script(show_meta=False)
-    return [name for name in ("ember.dnnl.conv2d", "ember.dnnl.matmul") if name in text]
+    names = ("ember.dnnl.conv2d", "ember.dnnl.matmul", "ember.dnnl.matmul_q8")
+    return [name for name in names if f'"{name}"' in text]

@@ -268,6 +268,8 @@ def _fold_node(
 ) -> list[np.ndarray] | None:
     if node.domain not in ("", "ai.onnx") or node.op_type in _NON_DETERMINISTIC:
         return None
+    if node.op_type == "DequantizeLinear":
+        return None  # int8 weights stay int8: the compiler dispatches QDQ ops to int8 kernels
     if any(
         a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
     ):

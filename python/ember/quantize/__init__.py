@@ -13,5 +13,15 @@ from .calibrate import (
     calibrate,
     quantized_activations,
 )
+from .qdq import activation_params, quantize_static, quantize_weights
 
-__all__ = ["METHODS", "Calibration", "TensorRange", "calibrate", "quantized_activations"]
+__all__ = [
+    "METHODS",
+    "Calibration",
+    "TensorRange",
+    "activation_params",
+    "calibrate",
+    "quantize_static",
+    "quantize_weights",
+    "quantized_activations",
+]

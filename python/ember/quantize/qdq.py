@@ -1,0 +1,146 @@
+"""Static int8 quantization written as ONNX QDQ: QuantizeLinear -> DequantizeLinear pairs around
+the activations and int8 weights behind DequantizeLinear, the format ONNX Runtime's quantizer
+also emits. ember's compiler dispatches these patterns to int8 kernels (ember.dnnl.matmul_q8);
+any other runtime can run the same model, which makes it easy to check.
+
+Activations: per-tensor, zero point 0 -- uint8 when the calibrated range never goes below 0
+(ReLU outputs), else symmetric int8. Weights: symmetric int8 per output channel (column of a
+MatMul's [K, N] weight), in 7 bits ([-63, 63]) on x86 CPUs without VNNI, where wider weights
+saturate in the int8 instructions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import CompileError
+from .calibrate import Calibration, TensorRange
+
+MIN_OPSET = 13  # per-axis DequantizeLinear
+
+
+def activation_params(r: TensorRange) -> tuple[float, np.ndarray]:
+    """(scale, zero point array) for one calibrated activation range."""
+    if r.min >= 0:
+        return (r.max / 255.0 if r.max > 0 else 1.0), np.array(0, np.uint8)
+    absmax = max(-r.min, r.max)
+    return absmax / 127.0, np.array(0, np.int8)
+
+
+def quantize_weights(w: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-column int8 weights of a [K, N] float matrix: (int8 [K, N], scales [N]),
+    rounding half to even like QuantizeLinear."""
+    absmax = np.abs(w).max(axis=0)
+    scales = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scales), -qmax, qmax).astype(np.int8)
+    return q, scales
+
+
+def quantize_static(
+    model: onnx.ModelProto, calibration: Calibration, *, seven_bit_weights: bool | None = None
+) -> onnx.ModelProto:
+    """A copy of `model` whose MatMuls with constant 2-d float weights and a calibrated activation
+    input are int8 QDQ. Other nodes are unchanged. `seven_bit_weights` defaults to what this
+    host's CPU needs (see the module docstring)."""
+    if seven_bit_weights is None:
+        from ..compiler.dispatch import host_needs_seven_bit_weights
+
+        seven_bit_weights = host_needs_seven_bit_weights()
+    qmax = 63 if seven_bit_weights else 127
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise CompileError(
+            f"int8 quantization needs ONNX opset >= {MIN_OPSET} (per-channel DequantizeLinear); "
+            f"the model has opset {opset}: convert it with onnx.version_converter first"
+        )
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    weights = {t.name: t for t in graph.initializer}
+    dequantized: dict[str, str] = {}  # activation -> its QDQ output, shared by every user
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    replaced: set[str] = set()
+    for node in graph.node:
+        if node.op_type == "MatMul" and _quantizable(node, weights, calibration):
+            x, w_name = node.input[0], node.input[1]
+            if x not in dequantized:
+                scale, zero = activation_params(calibration.ranges[x])
+                stem = f"{x}__ember_q8"
+                new_inits += [
+                    numpy_helper.from_array(np.array(scale, np.float32), f"{stem}_scale"),
+                    numpy_helper.from_array(zero, f"{stem}_zero"),
+                ]
+                new_nodes += [
+                    helper.make_node(
+                        "QuantizeLinear", [x, f"{stem}_scale", f"{stem}_zero"], [f"{stem}_q"]
+                    ),
+                    helper.make_node(
+                        "DequantizeLinear",
+                        [f"{stem}_q", f"{stem}_scale", f"{stem}_zero"],
+                        [f"{stem}_dq"],
+                    ),
+                ]
+                dequantized[x] = f"{stem}_dq"
+            q, scales = quantize_weights(numpy_helper.to_array(weights[w_name]), qmax)
+            stem = f"{w_name}__ember_q8"
+            new_inits += [
+                numpy_helper.from_array(q, f"{stem}_int8"),
+                numpy_helper.from_array(scales, f"{stem}_scale"),
+                numpy_helper.from_array(np.zeros(scales.shape, np.int8), f"{stem}_zero"),
+            ]
+            new_nodes.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [f"{stem}_int8", f"{stem}_scale", f"{stem}_zero"],
+                    [f"{stem}_dq"],
+                    axis=1,
+                )
+            )
+            node.input[0] = dequantized[x]
+            node.input[1] = f"{stem}_dq"
+            replaced.add(w_name)
+        new_nodes.append(node)
+    still_used = {i for n in new_nodes for i in n.input}
+    kept = [t for t in graph.initializer if t.name not in replaced or t.name in still_used]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    # QDQ nodes sit just before their first user, which may precede the activation's producer
+    # in a graph listed out of order: sort to be sure.
+    return _sorted(out)
+
+
+def _quantizable(
+    node: onnx.NodeProto, weights: dict[str, onnx.TensorProto], calibration: Calibration
+) -> bool:
+    w = weights.get(node.input[1])
+    return (
+        node.input[0] in calibration.ranges
+        and w is not None
+        and w.data_type == TensorProto.FLOAT
+        and len(w.dims) == 2
+    )
+
+
+def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Orders the graph's nodes so that every input is produced before it is used."""
+    graph = model.graph
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        progress = [n for n in pending if all(i in ready for i in n.input)]
+        if not progress:
+            raise CompileError("the quantized graph has a cycle or a missing input")
+        for n in progress:
+            ordered.append(n)
+            ready.update(n.output)
+        done = {id(n) for n in progress}
+        pending = [n for n in pending if id(n) not in done]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model

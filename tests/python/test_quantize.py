@@ -1,0 +1,134 @@
+"""Static int8: calibrate -> quantize_static (ONNX QDQ) -> ember.compile dispatches the QDQ
+MatMuls to ember.dnnl.matmul_q8. Outputs are checked against a numpy emulation of the QDQ graph
+(the exact integer math, then float), accuracy on the digits held-out split against fp32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from helpers import mlp
+from onnx import numpy_helper
+
+import ember
+from ember.quantize import calibrate, quantize_static, quantize_weights
+from ember.quantize.calibrate import Calibration, TensorRange
+from ember.samples import SAMPLES
+from ember.samples.digits import load_digits_split
+
+
+def emulate_mlp(model: onnx.ModelProto, q: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """The QDQ helper MLP in numpy: quantize each MatMul's input with its scale and zero point,
+    dequantize, multiply with the dequantized int8 weights; everything else in float."""
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+
+    def qdq(value: np.ndarray, stem: str) -> np.ndarray:
+        scale, zero = inits[f"{stem}_scale"], inits[f"{stem}_zero"]
+        info = np.iinfo(zero.dtype)
+        codes = np.clip(np.rint(value / scale) + zero.astype(np.int32), info.min, info.max)
+        return ((codes - zero.astype(np.int32)) * scale).astype(np.float32)
+
+    def weight(name: str) -> np.ndarray:
+        stem = f"{name}__ember_q8"
+        return (inits[f"{stem}_int8"].astype(np.float32) * inits[f"{stem}_scale"]).astype(
+            np.float32
+        )
+
+    h = np.maximum(qdq(x, "x__ember_q8") @ weight("w1") + inits["b1"], 0)
+    return qdq(h, "h2__ember_q8") @ weight("w2") + inits["b2"]
+
+
+def test_quantize_static_writes_int8_weights_and_qdq_activations() -> None:
+    model = mlp()
+    rng = np.random.default_rng(0)
+    data = [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(8)]
+    q = quantize_static(model, calibrate(model, data), seven_bit_weights=True)
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    assert "w1" not in inits and "w2" not in inits  # float weights replaced
+    w1 = inits["w1__ember_q8_int8"]
+    assert w1.dtype == np.int8 and np.abs(w1.astype(int)).max() == 63  # 7 bits, per column
+    assert np.all(np.abs(w1.astype(int)).max(axis=0) == 63)
+    assert inits["x__ember_q8_zero"].dtype == np.int8  # x goes negative: symmetric int8
+    assert inits["h2__ember_q8_zero"].dtype == np.uint8  # a ReLU output: uint8
+    ops = [n.op_type for n in q.graph.node]
+    assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 4
+    x = rng.standard_normal((5, 16)).astype(np.float32)
+    session = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], emulate_mlp(model, q, x), atol=1e-4)
+
+
+def test_weights_round_half_to_even_per_column() -> None:
+    w = np.array([[1.0, 0.0], [-0.5, 0.0], [0.25, 0.0]], np.float32)
+    q, scales = quantize_weights(w, 2)
+    np.testing.assert_array_equal(scales, [0.5, 1.0])  # an all-zero column gets scale 1
+    np.testing.assert_array_equal(q[:, 0], [2, -1, 0])  # 0.25 / 0.5 = 0.5 -> 0 (half to even)
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_ember_runs_qdq_matmuls_on_int8_kernels(tmp_path: Path, method: str) -> None:
+    model = mlp()
+    rng = np.random.default_rng(1)
+    data = [{"x": rng.standard_normal((16, 16)).astype(np.float32)} for _ in range(8)]
+    q = quantize_static(model, calibrate(model, data, method=method))  # type: ignore[arg-type]
+    artifact = ember.compile(q, batch_sizes=(1, 4, 8), output=tmp_path / "q8")
+    assert artifact.manifest["kernel_library"]["matmul_q8"] == 6  # 2 per bucket
+    assert artifact.manifest["kernel_library"].get("matmul", 0) == 0
+    loaded = ember.load(artifact.path)
+    for rows in (1, 3, 8, 11):
+        x = rng.standard_normal((rows, 16)).astype(np.float32)
+        got = loaded.run({"x": x})["y"]
+        np.testing.assert_allclose(got, emulate_mlp(model, q, x), rtol=1e-4, atol=1e-4)
+
+
+def test_weights_too_wide_for_this_cpu_stay_float(tmp_path: Path) -> None:
+    from ember.compiler.dispatch import host_needs_seven_bit_weights
+
+    model = mlp()
+    rng = np.random.default_rng(2)
+    data = [{"x": rng.standard_normal((16, 16)).astype(np.float32)} for _ in range(4)]
+    q = quantize_static(model, calibrate(model, data), seven_bit_weights=False)
+    artifact = ember.compile(q, batch_sizes=(4,), output=tmp_path / "q8wide")
+    calls = artifact.manifest["kernel_library"]
+    if host_needs_seven_bit_weights():
+        assert calls.get("matmul_q8", 0) == 0 and calls["matmul"] == 2  # never saturate
+    else:
+        assert calls["matmul_q8"] == 2
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    got = ember.load(artifact.path).run({"x": x})["y"]
+    np.testing.assert_allclose(got, emulate_mlp(model, q, x), rtol=1e-4, atol=1e-4)
+
+
+def test_old_opsets_are_refused_with_the_reason() -> None:
+    model = mlp()
+    del model.opset_import[:]
+    model.opset_import.append(onnx.helper.make_opsetid("", 11))
+    calibration = Calibration({"x": TensorRange(-1, 1, -1, 1)}, "minmax", 1)
+    with pytest.raises(ember.CompileError, match="needs ONNX opset >= 13"):
+        quantize_static(model, calibration)
+
+
+def test_digits_mlp_int8_keeps_its_held_out_accuracy(tmp_path: Path) -> None:
+    model = SAMPLES["digits_mlp"]()
+    split = load_digits_split()
+    name = model.graph.input[0].name
+    train = split.x_train.astype(np.float32)
+    samples = [{name: train[i : i + 64]} for i in range(0, len(train), 64)]
+    q = quantize_static(model, calibrate(model, samples, method="minmax"))
+    fp32 = ember.load(ember.compile(model, output=tmp_path / "fp32").path)
+    int8_artifact = ember.compile(q, output=tmp_path / "int8")
+    assert "ember.dnnl.matmul_q8" in dispatched_kernels_of(int8_artifact)
+    int8 = ember.load(int8_artifact.path)
+    x = split.x_test.astype(np.float32)
+    out = model.graph.output[0].name
+    accuracy_fp32 = float((fp32.run({name: x})[out].argmax(1) == split.y_test).mean())
+    accuracy_int8 = float((int8.run({name: x})[out].argmax(1) == split.y_test).mean())
+    assert accuracy_int8 >= accuracy_fp32 - 0.005, (accuracy_fp32, accuracy_int8)
+
+
+def dispatched_kernels_of(artifact: ember.Artifact) -> list[str]:
+    calls = artifact.manifest["kernel_library"]
+    names = {"matmul_q8": "ember.dnnl.matmul_q8", "matmul": "ember.dnnl.matmul"}
+    return [full for key, full in names.items() if calls.get(key)]
