@@ -123,6 +123,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("batch buckets", ", ".join(map(str, m["batch_sizes"])) if m["batch_sizes"] else "none"),
         ("precision", m.get("precision", "fp32")),
     ]
+    quantization = m.get("quantization")
+    if quantization:
+        rows.append(
+            (
+                "quantization",
+                f"{quantization['method']} calibration on {quantization['samples']} samples, "
+                f"{quantization['activations']} activations, "
+                f"{quantization['weight_bits']}-bit weights, "
+                f"{quantization['int8_calls']} int8 library calls",
+            )
+        )
     rows += [("input", str(s)) for s in artifact.inputs]
     rows += [("output", str(s)) for s in artifact.outputs]
     versions = m["versions"]

@@ -132,3 +132,90 @@ def dispatched_kernels_of(artifact: ember.Artifact) -> list[str]:
     calls = artifact.manifest["kernel_library"]
     names = {"matmul_q8": "ember.dnnl.matmul_q8", "matmul": "ember.dnnl.matmul"}
     return [full for key, full in names.items() if calls.get(key)]
+
+
+def test_compile_precision_int8_static_records_what_it_did(tmp_path: Path) -> None:
+    model = mlp()
+    rng = np.random.default_rng(5)
+    data = [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(4)]
+    artifact = ember.compile(
+        model,
+        batch_sizes=(1, 4),
+        output=tmp_path / "q8",
+        precision="int8-static",
+        calibration=iter(data),
+        calibration_method="percentile",
+    )
+    assert artifact.manifest["precision"] == "int8-static"
+    assert artifact.manifest["quantization"] == {
+        "method": "percentile",
+        "samples": 4,
+        "activations": 2,
+        "weight_bits": 7 if _seven_bit() else 8,
+        "int8_calls": 4,
+    }
+    assert artifact.manifest["source"]["sha256"] == artifact_source_sha(model)  # the fp32 model
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    y = ember.load(artifact.path).run({"x": x})["y"]
+    assert y.shape == (3, 5)
+    np.testing.assert_allclose(y, mlp_fp32(model, x), atol=0.1)  # int8 stays close to fp32
+
+
+def _seven_bit() -> bool:
+    from ember.compiler.dispatch import host_needs_seven_bit_weights
+
+    return host_needs_seven_bit_weights()
+
+
+def artifact_source_sha(model: onnx.ModelProto) -> str:
+    import hashlib
+
+    return hashlib.sha256(model.SerializeToString()).hexdigest()
+
+
+def mlp_fp32(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return np.maximum(x @ w["w1"] + w["b1"], 0) @ w["w2"] + w["b2"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"precision": "int8-static"}, "needs calibration="),
+        ({"precision": "fp64"}, "precision must be one of"),
+        ({"precision": "int8-weight"}, "not implemented yet"),
+        ({"calibration": [{"x": np.zeros((1, 16), np.float32)}]}, "only used with"),
+    ],
+)
+def test_bad_precision_settings_are_refused(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ember.CompileError, match=message):
+        ember.compile(mlp(), output=tmp_path / "x", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precisions_are_refused_where_the_cpu_cannot_run_them_fast(
+    tmp_path: Path, precision: str
+) -> None:
+    features = set(ember._core.host_cpu_features())
+    fast = {"fp16": {"avx512_fp16"}, "bf16": {"avx512_bf16", "amx_bf16"}}[precision]
+    expected = "not implemented yet" if features & fast else "refused: this CPU has none of"
+    with pytest.raises(ember.CompileError, match=expected):
+        ember.compile(mlp(), output=tmp_path / "x", precision=precision)
+
+
+def test_ember_info_shows_the_quantization(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ember.cli import main
+
+    rng = np.random.default_rng(6)
+    data = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(3)]
+    out = tmp_path / "q8"
+    ember.compile(mlp(), batch_sizes=(2,), output=out, precision="int8-static", calibration=data)
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "int8-static" in text
+    assert "minmax calibration on 3 samples, 2 activations" in text
+    assert "2 int8 library calls" in text

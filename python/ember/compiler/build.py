@@ -12,11 +12,11 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -32,6 +32,11 @@ from ..errors import CompileError, UnsupportedOperatorError
 from ..tune import TuneBudget
 from . import onnx_prep
 from .dispatch import CONV_LAYOUTS
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..quantize.calibrate import Calibration
 from .targets import Target, resolve_target
 from .tuning import TuningReport
 from .tuning import tune as tune_module
@@ -230,6 +235,9 @@ def compile(
     kernel_library: str | None = "auto",
     conv_layout: str = "auto",
     tune: TuneBudget | None = None,
+    precision: str = "fp32",
+    calibration: Iterable[Mapping[str, np.ndarray]] | Calibration | None = None,
+    calibration_method: str = "minmax",
     progress: Progress | None = None,
 ) -> Artifact:
     """Compile an ONNX model into an artifact directory for `target`, one function per bucket.
@@ -245,11 +253,16 @@ def compile(
     tune: a `TuneBudget` runs MetaSchedule on the loop nests TVM still generates, caching the
     results on disk so that compiling the same model again skips the search (default: no tuning;
     default schedules only).
+    precision: "fp32", or "int8-static": MatMuls with constant weights run on int8 kernels with
+    activation scales from `calibration` (input dicts, or an `ember.quantize.Calibration`),
+    computed by `calibration_method` ("minmax", "percentile", "entropy"). Models that already
+    carry QDQ nodes run their QDQ MatMuls in int8 at any precision.
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     proto, source_bytes, default_name = _load_model(model)
     model_name = name or default_name
+    proto, quantization = _apply_precision(proto, precision, calibration, calibration_method, say)
     resolved = resolve_target(target)
     _check_host_can_build(resolved)
     library = _choose_kernel_library(kernel_library, resolved)
@@ -310,7 +323,8 @@ def compile(
         "batch_sizes": list(buckets) if batched else None,
         "library": LIBRARY_FILE,
         "target": resolved.to_json(),
-        "precision": "fp32",
+        "precision": _precision_label(precision, library_stats),
+        "quantization": _quantization_record(quantization, library_stats),
         "kernel_library": {"name": library, **library_stats} if library else None,
         "tuning": tuning.to_json() if tuning is not None else None,
         "versions": {
@@ -326,6 +340,72 @@ def compile(
     write_checksums(out_dir)
     say(f"[ember] wrote {out_dir} in {manifest['compile_seconds']:.1f} s")
     return Artifact(out_dir)
+
+
+PRECISIONS = ("fp32", "int8-static", "int8-weight", "fp16", "bf16")
+
+
+def _apply_precision(
+    proto: onnx.ModelProto,
+    precision: str,
+    calibration: Iterable[Mapping[str, np.ndarray]] | Calibration | None,
+    method: str,
+    say: Progress,
+) -> tuple[onnx.ModelProto, dict[str, Any] | None]:
+    """The model to compile for `precision` and what quantization did (None for fp32)."""
+    if precision not in PRECISIONS:
+        raise CompileError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        if calibration is not None:
+            raise CompileError("calibration data is only used with precision='int8-static'")
+        return proto, None
+    if precision in ("fp16", "bf16"):
+        features = set(_host_info().get("cpu_features", []))
+        fast = {"fp16": {"avx512_fp16"}, "bf16": {"avx512_bf16", "amx_bf16"}}[precision]
+        if not features & fast:
+            raise CompileError(
+                f"precision {precision!r} refused: this CPU has none of {sorted(fast)}, so "
+                f"{precision} would run slower than fp32 (emulated); use 'fp32' or 'int8-static'"
+            )
+        raise CompileError(f"precision {precision!r} is not implemented yet; use 'fp32'")
+    if precision == "int8-weight":
+        raise CompileError("precision 'int8-weight' is not implemented yet; use 'int8-static'")
+    from ..quantize import calibrate, quantize_static
+    from ..quantize.calibrate import Calibration as _Calibration
+    from .dispatch import host_needs_seven_bit_weights
+
+    if calibration is None:
+        raise CompileError(
+            "precision 'int8-static' needs calibration=: a list or iterator of input dicts "
+            "(or an ember.quantize.Calibration)"
+        )
+    if not isinstance(calibration, _Calibration):
+        say(f"[ember] calibrating activations ({method})")
+        calibration = calibrate(proto, calibration, method=method)  # type: ignore[arg-type]
+    seven_bit = host_needs_seven_bit_weights()
+    quantized = quantize_static(proto, calibration, seven_bit_weights=seven_bit)
+    return quantized, {
+        "method": calibration.method,
+        "samples": calibration.samples,
+        "activations": len(calibration.ranges),
+        "weight_bits": 7 if seven_bit else 8,
+    }
+
+
+def _precision_label(precision: str, library_stats: Mapping[str, Any]) -> str:
+    if precision == "fp32" and library_stats.get("matmul_q8"):
+        return "int8 (QDQ model)"
+    return precision
+
+
+def _quantization_record(
+    quantization: dict[str, Any] | None, library_stats: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """What int8-static did: calibration method and samples, calibrated activations, weight
+    bits, and how many library calls (over all buckets) run in int8."""
+    if quantization is None:
+        return None
+    return {**quantization, "int8_calls": int(library_stats.get("matmul_q8", 0))}
 
 
 def _ember_version() -> str:
