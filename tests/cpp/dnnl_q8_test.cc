@@ -152,5 +152,124 @@ TEST(MatmulQ8, RefusesWeightsThatWouldSaturateOnCpusWithoutVnni) {
   EXPECT_NO_THROW(call());
 }
 
+struct ConvCase {
+  int64_t n, h, w, c, o, k, stride, pad, dilation, groups;
+  bool a_unsigned, blocked, bias, residual, relu;
+};
+
+class Conv2dQ8Test : public ::testing::TestWithParam<ConvCase> {};
+
+// NHWC index helpers; NCHW8c stores [n][c / 8][h][w][c % 8].
+int64_t Nhwc(int64_t n, int64_t y, int64_t x, int64_t c, int64_t h, int64_t w, int64_t channels) {
+  return ((n * h + y) * w + x) * channels + c;
+}
+int64_t Blocked(int64_t n, int64_t y, int64_t x, int64_t c, int64_t h, int64_t w, int64_t channels) {
+  return (((n * (channels / 8) + c / 8) * h + y) * w + x) * 8 + c % 8;
+}
+
+TEST_P(Conv2dQ8Test, MatchesTheReference) {
+  const ConvCase t = GetParam();
+  RegisterDnnlKernels();
+  auto fn = ffi::Function::GetGlobal("ember.dnnl.conv2d_q8");
+  ASSERT_TRUE(fn.has_value());
+  const int64_t span = t.dilation * (t.k - 1) + 1;
+  const int64_t oh = (t.h + 2 * t.pad - span) / t.stride + 1, ow = (t.w + 2 * t.pad - span) / t.stride + 1;
+  const int64_t cg = t.c / t.groups, og = t.o / t.groups;
+  auto index = t.blocked ? Blocked : Nhwc;
+  std::mt19937 rng(static_cast<uint32_t>(t.c * 31 + t.o + t.groups));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> code(-63, 63);
+  std::vector<float> x(static_cast<size_t>(t.n * t.h * t.w * t.c)), scales(static_cast<size_t>(t.o)),
+      bias(static_cast<size_t>(t.o)), residual(static_cast<size_t>(t.n * oh * ow * t.o)),
+      out(residual.size(), -7.0f);
+  for (float& v : x) v = t.a_unsigned ? std::fabs(normal(rng)) : normal(rng);
+  for (float& v : bias) v = normal(rng);
+  for (float& v : residual) v = normal(rng);
+  for (size_t j = 0; j < scales.size(); ++j) scales[j] = 0.002f * static_cast<float>(1 + j % 5);
+  std::vector<int8_t> w(static_cast<size_t>(t.o * t.k * t.k * cg));  // OHWI
+  for (int8_t& v : w) v = static_cast<int8_t>(code(rng));
+  const float a_scale = t.a_unsigned ? 4.0f / 255.0f : 4.0f / 127.0f;
+
+  std::vector<int64_t> x_shape = t.blocked ? std::vector<int64_t>{t.n, t.c / 8, t.h, t.w, 8}
+                                           : std::vector<int64_t>{t.n, t.h, t.w, t.c};
+  std::vector<int64_t> out_shape = t.blocked ? std::vector<int64_t>{t.n, t.o / 8, oh, ow, 8}
+                                             : std::vector<int64_t>{t.n, oh, ow, t.o};
+  std::vector<int64_t> w_shape{t.o, t.k, t.k, cg}, s_shape{t.o};
+  DLTensor tx = Dl(x.data(), kF32, x_shape), tw = Dl(w.data(), kS8, w_shape),
+           ts = Dl(scales.data(), kF32, s_shape), tb = Dl(bias.data(), kF32, s_shape),
+           tr = Dl(residual.data(), kF32, out_shape), tout = Dl(out.data(), kF32, out_shape);
+  (*fn)(&tx, &tw, &ts, &tb, &tr, t.stride, t.stride, t.pad, t.pad, t.pad, t.pad, t.dilation,
+        t.dilation, t.groups, int64_t{t.bias}, int64_t{t.residual}, int64_t{t.relu ? 1 : 0},
+        int64_t{777000 + t.c * 100 + t.o * 10 + t.groups}, int64_t{t.a_unsigned},
+        static_cast<double>(a_scale), 0.0, 0.0, &tout);
+
+  // x's memory holds the activation in its own layout; quantization is elementwise.
+  std::vector<int32_t> qx(x.size());
+  if (t.a_unsigned) {
+    std::vector<uint8_t> q(x.size());
+    quant::QuantizeU8Ref(x.data(), x.size(), {a_scale, 0}, q.data());
+    qx.assign(q.begin(), q.end());
+  } else {
+    std::vector<int8_t> q(x.size());
+    quant::QuantizeS8Ref(x.data(), x.size(), {a_scale, 0}, q.data());
+    qx.assign(q.begin(), q.end());
+  }
+  for (int64_t b = 0; b < t.n; ++b) {
+    for (int64_t y = 0; y < oh; ++y) {
+      for (int64_t xo = 0; xo < ow; ++xo) {
+        for (int64_t oc = 0; oc < t.o; ++oc) {
+          const int64_t g = oc / og;
+          int32_t acc = 0;
+          for (int64_t ky = 0; ky < t.k; ++ky) {
+            for (int64_t kx = 0; kx < t.k; ++kx) {
+              const int64_t iy = y * t.stride - t.pad + ky * t.dilation;
+              const int64_t ix = xo * t.stride - t.pad + kx * t.dilation;
+              if (iy < 0 || iy >= t.h || ix < 0 || ix >= t.w) continue;
+              for (int64_t ci = 0; ci < cg; ++ci) {
+                acc += qx[static_cast<size_t>(index(b, iy, ix, g * cg + ci, t.h, t.w, t.c))] *
+                       w[static_cast<size_t>(((oc * t.k + ky) * t.k + kx) * cg + ci)];
+              }
+            }
+          }
+          const size_t at = static_cast<size_t>(index(b, y, xo, oc, oh, ow, t.o));
+          float want = static_cast<float>(acc) * a_scale * scales[static_cast<size_t>(oc)];
+          if (t.bias) want += bias[static_cast<size_t>(oc)];
+          if (t.residual) want += residual[at];
+          if (t.relu) want = std::max(want, 0.0f);
+          ASSERT_NEAR(out[at], want, 1e-5f + 1e-5f * std::fabs(want))
+              << "n " << b << " y " << y << " x " << xo << " o " << oc;
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, Conv2dQ8Test,
+    ::testing::Values(
+        ConvCase{2, 7, 7, 16, 8, 3, 1, 1, 1, 1, true, false, true, false, true},     // 3x3 NHWC
+        ConvCase{1, 9, 8, 8, 16, 3, 2, 1, 1, 1, true, false, true, true, false},     // stride 2
+        ConvCase{1, 8, 8, 16, 16, 3, 1, 2, 2, 2, true, false, false, false, true},   // dilated, 2 groups
+        ConvCase{2, 6, 6, 16, 16, 1, 1, 0, 1, 1, true, true, true, true, true},      // 1x1 NCHW8c
+        ConvCase{1, 8, 8, 16, 16, 3, 1, 1, 1, 16, true, true, true, false, true}));  // depthwise 8c
+
+TEST(Conv2dQ8, RefusesSignedActivations) {
+  RegisterDnnlKernels();
+  auto fn = ffi::Function::GetGlobal("ember.dnnl.conv2d_q8");
+  ASSERT_TRUE(fn.has_value());
+  std::vector<float> x(16, 1.0f), s(2, 1.0f), out(8);
+  std::vector<int8_t> w(2 * 8, 1);
+  std::vector<int64_t> x_shape{1, 1, 2, 8}, w_shape{2, 1, 1, 8}, s_shape{2}, o_shape{1, 1, 2, 2};
+  DLTensor tx = Dl(x.data(), kF32, x_shape), tw = Dl(w.data(), kS8, w_shape),
+           ts = Dl(s.data(), kF32, s_shape), tout = Dl(out.data(), kF32, o_shape);
+  try {
+    (*fn)(&tx, &tw, &ts, &ts, &tx, 1, 1, 0, 0, 0, 0, 1, 1, 1, int64_t{0}, int64_t{0}, int64_t{0},
+          int64_t{5}, int64_t{0}, 0.5, 0.0, 0.0, &tout);
+    FAIL() << "signed activations were accepted";
+  } catch (const ffi::Error& err) {
+    EXPECT_NE(std::string(err.message()).find("unsigned"), std::string::npos) << err.message();
+  }
+}
+
 }  // namespace
 }  // namespace ember::kernels

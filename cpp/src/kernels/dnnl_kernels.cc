@@ -586,6 +586,121 @@ void MatmulQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   });
 }
 
+// ember.dnnl.conv2d_q8(x, w[O,KH,KW,C/groups] int8, w_scales[O], bias[O], residual, stride_h,
+//   stride_w, pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups, has_bias,
+//   has_residual, activation, weight_id, a_unsigned, a_scale, alpha, beta, out)
+// Static int8 conv2d: as ember.dnnl.conv2d (NHWC or NCHW8c float activations), with `x` quantized
+// to uint8 by quant::QuantizeU8 with a_scale (zero point 0) and constant per-output-channel int8
+// weights; out = a_scale * w_scales[o] * (qx * w) + bias, then residual and activation.
+// Activations must be unsigned (a_unsigned = 1): oneDNN's int8 convs without VNNI halve the
+// weights for signed inputs, which loses exactness (measured: off by ~40 accumulator units).
+// Weights outside [-63, 63] are refused on CPUs without VNNI.
+void Conv2dQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
+  constexpr const char* kName = "ember.dnnl.conv2d_q8";
+  if (args.size() != 23) TVM_FFI_THROW(ValueError) << kName << ": expects 23 arguments";
+  const DLTensor* x = TensorArg(args, 0, kName);
+  const DLTensor* w = TensorArg(args, 1, kName, kDLInt, 8);
+  const DLTensor* w_scales = TensorArg(args, 2, kName);
+  const DLTensor* out = TensorArg(args, 22, kName);
+  int64_t ints[14];
+  for (int i = 0; i < 14; ++i) ints[i] = args[5 + i].cast<int64_t>();
+  const auto [sh, sw, pt, pl, pb, pr, dh, dw, groups, has_bias, has_res, act, weight_id, a_unsigned] =
+      std::tuple{ints[0], ints[1], ints[2], ints[3], ints[4], ints[5], ints[6], ints[7], ints[8],
+                 ints[9], ints[10], ints[11], ints[12], ints[13]};
+  const auto a_scale = static_cast<float>(args[19].cast<double>());
+  const auto alpha = static_cast<float>(args[20].cast<double>());
+  const auto beta = static_cast<float>(args[21].cast<double>());
+  const DLTensor* bias = has_bias ? TensorArg(args, 3, kName) : nullptr;
+  const DLTensor* residual = has_res ? TensorArg(args, 4, kName) : nullptr;
+  const bool blocked = x->ndim == 5;
+  if (blocked ? (out->ndim != 5 || x->shape[4] != kBlock || out->shape[4] != kBlock)
+              : (x->ndim != 4 || out->ndim != 4)) {
+    TVM_FFI_THROW(ValueError) << kName
+                              << ": expects NHWC (4-d) or NCHW8c (5-d) input and output, alike";
+  }
+  if (w->ndim != 4) TVM_FFI_THROW(ValueError) << kName << ": expects 4-d OHWI weights";
+  if (!(a_scale > 0) || !std::isfinite(a_scale)) {
+    TVM_FFI_THROW(ValueError) << kName << ": a_scale must be finite and > 0, got " << a_scale;
+  }
+  if (a_unsigned != 1) {
+    TVM_FFI_THROW(ValueError) << kName << ": needs unsigned (uint8) activations";
+  }
+  const int64_t n = x->shape[0];
+  const int64_t c = blocked ? x->shape[1] * kBlock : x->shape[3];
+  const int64_t h = blocked ? x->shape[2] : x->shape[1];
+  const int64_t wd = blocked ? x->shape[3] : x->shape[2];
+  const int64_t o = w->shape[0], kh = w->shape[1], kw = w->shape[2];
+  const int64_t oh = blocked ? out->shape[2] : out->shape[1];
+  const int64_t ow = blocked ? out->shape[3] : out->shape[2];
+  if (w_scales->ndim != 1 || w_scales->shape[0] != o) {
+    TVM_FFI_THROW(ValueError) << kName << ": w_scales must be [" << o << "]";
+  }
+  const Tag act_tag = blocked ? Tag::nChw8c : Tag::nhwc;
+  const auto src_type = memory::data_type::u8;
+
+  const SerialIfSmall serial(2.0 * static_cast<double>(n * o * oh * ow) *
+                             static_cast<double>(c / groups * kh * kw));
+  PrimitiveKey key;
+  key.kernel = 3;
+  key.weight_id = weight_id;
+  key.Add({n, h, wd, c, o, kh, kw, oh, ow, sh, sw, pt, pl, pb, pr, dh, dw, groups, has_bias, has_res,
+           act, static_cast<int64_t>(alpha * 1e6), static_cast<int64_t>(beta * 1e6), blocked,
+           a_unsigned});
+  Guarded(kName, [&] {
+    const CachedPrimitive& prim = GetOrBuild(key, [&] {
+      if (Int8NeedsSevenBitWeights()) {
+        const auto* values = static_cast<const int8_t*>(DataOf(w));
+        const int64_t count = o * kh * kw * (c / groups);
+        if (!std::all_of(values, values + count,
+                         [](int8_t v) { return v >= -kSevenBitMax && v <= kSevenBitMax; })) {
+          TVM_FFI_THROW(ValueError) << kName << ": int8 weights must be within [-63, 63] on CPUs "
+                                    << "without VNNI (u8 x s8 products saturate in int16 otherwise)";
+        }
+      }
+      CachedPrimitive p;
+      p.has_bias = has_bias != 0;
+      p.has_residual = has_res != 0;
+      p.has_scales = true;
+      p.src_md = memory::desc({n, c, h, wd}, src_type, act_tag);
+      p.dst_md = memory::desc({n, o, oh, ow}, kF32, act_tag);
+      p.weight_scales_md = memory::desc({o}, kF32, Tag::a);
+      Dims w_dims;
+      memory::desc user_w;
+      int scale_mask = 1 << 0;  // per output channel
+      if (groups == 1) {
+        w_dims = {o, c, kh, kw};
+        user_w = memory::desc(w_dims, memory::data_type::s8, Tag::ohwi);
+      } else {
+        w_dims = {groups, o / groups, c / groups, kh, kw};
+        user_w = memory::desc(w_dims, memory::data_type::s8, Tag::gohwi);
+        scale_mask = (1 << 0) | (1 << 1);  // (group, output channel in group)
+      }
+      p.bias_md = has_bias ? memory::desc({o}, kF32, Tag::a) : memory::desc();
+      p.residual_md = p.dst_md;
+      auto attr = MakeAttr(MakePostOps(has_res != 0, p.residual_md, static_cast<int>(act), alpha, beta));
+      attr.set_scales_mask(DNNL_ARG_SRC, 0);
+      attr.set_scales_mask(DNNL_ARG_WEIGHTS, scale_mask);
+      auto pd = dnnl::convolution_forward::primitive_desc(
+          Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+          p.src_md, memory::desc(w_dims, memory::data_type::s8, Tag::any), p.bias_md, p.dst_md,
+          {sh, sw}, {dh - 1, dw - 1}, {pt, pl}, {pb, pr}, attr);
+      p.weights_md = pd.weights_desc();
+      p.scratchpad_md = pd.scratchpad_desc();
+      p.primitive = dnnl::convolution_forward(pd);
+      p.packed_weights = PackWeights(weight_id, user_w, DataOf(w), p.weights_md);
+      return p;
+    });
+    size_t count = 1;
+    for (int d = 0; d < x->ndim; ++d) count *= static_cast<size_t>(x->shape[d]);
+    void* quantized = ThreadQuantized(count);
+    const auto* src = static_cast<const float*>(DataOf(x));
+    quant::QuantizeU8(src, count, quant::QuantParams{a_scale, 0}, static_cast<uint8_t*>(quantized));
+    Execute(prim, quantized, nullptr, bias ? DataOf(bias) : nullptr,
+            residual ? DataOf(residual) : nullptr, DataOf(out),
+            Scales{&a_scale, static_cast<const float*>(DataOf(w_scales))});
+  });
+}
+
 }  // namespace
 
 void RegisterDnnlKernels() {
@@ -595,7 +710,8 @@ void RegisterDnnlKernels() {
     refl::GlobalDef()
         .def_packed("ember.dnnl.conv2d", Conv2d)
         .def_packed("ember.dnnl.matmul", Matmul)
-        .def_packed("ember.dnnl.matmul_q8", MatmulQ8);
+        .def_packed("ember.dnnl.matmul_q8", MatmulQ8)
+        .def_packed("ember.dnnl.conv2d_q8", Conv2dQ8);
   });
 }
 
