@@ -219,3 +219,82 @@ def test_ember_info_shows_the_quantization(
     assert "int8-static" in text
     assert "minmax calibration on 3 samples, 2 activations" in text
     assert "2 int8 library calls" in text
+
+
+def qdq_in_float(q: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The QDQ model computed op by op, as written (quantize, dequantize, float conv/matmul):
+    ONNX Runtime with graph optimizations off, so it does not fuse QDQ into its int8 kernels."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    providers = ["CPUExecutionProvider"]
+    session = ort.InferenceSession(q.SerializeToString(), options, providers=providers)
+    return session.run(None, feeds)[0]
+
+
+def conv_model(signed_input: bool) -> onnx.ModelProto:
+    """x[N, 8, 6, 6] -> (Abs unless signed) -> Conv 3x3 16 + ReLU -> Conv 1x1 8 -> y."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(7)
+    w1 = (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32)
+    w2 = (rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32)
+    b1 = rng.standard_normal(16).astype(np.float32)
+    nodes = [] if signed_input else [helper.make_node("Abs", ["x"], ["a"])]
+    first = "x" if signed_input else "a"
+    nodes += [
+        helper.make_node("Conv", [first, "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 6, 6])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (b1, "b1"))],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("signed_input", [False, True])
+def test_convs_of_unsigned_activations_run_on_int8_kernels(
+    tmp_path: Path, signed_input: bool
+) -> None:
+    model = conv_model(signed_input)
+    rng = np.random.default_rng(8)
+    data = [{"x": rng.standard_normal((4, 8, 6, 6)).astype(np.float32)} for _ in range(6)]
+    q = quantize_static(model, calibrate(model, data))
+    conv_weights = [n.input[1] for n in q.graph.node if n.op_type == "Conv"]
+    # The first conv's input is signed when the model has no Abs: it stays float.
+    assert conv_weights[0] == ("w1" if signed_input else "w1__ember_q8_dq")
+    assert conv_weights[1] == "w2__ember_q8_dq"  # a ReLU output
+    artifact = ember.compile(q, batch_sizes=(1, 4), output=tmp_path / "convq8")
+    calls = artifact.manifest["kernel_library"]
+    assert calls["conv2d_q8"] == (2 if signed_input else 4)
+    loaded = ember.load(artifact.path)
+    for rows in (1, 3, 4):
+        x = rng.standard_normal((rows, 8, 6, 6)).astype(np.float32)
+        got = loaded.run({"x": x})["y"]
+        np.testing.assert_allclose(got, qdq_in_float(q, {"x": x}), rtol=1e-4, atol=1e-4)
+
+
+def test_digits_cnn_int8_keeps_its_held_out_accuracy(tmp_path: Path) -> None:
+    from ember.samples import INPUT_SHAPES
+
+    model = SAMPLES["digits_cnn"]()
+    split = load_digits_split()
+    name = model.graph.input[0].name
+    shape = INPUT_SHAPES["digits_cnn"][name][1:]
+    train = split.x_train.astype(np.float32).reshape(-1, *shape)
+    samples = [{name: train[i : i + 64]} for i in range(0, len(train), 64)]
+    fp32 = ember.load(ember.compile(model, output=tmp_path / "fp32").path)
+    artifact = ember.compile(
+        model, output=tmp_path / "int8", precision="int8-static", calibration=samples
+    )
+    assert artifact.manifest["kernel_library"]["conv2d_q8"] == 8  # 2 convs x 4 buckets
+    int8 = ember.load(artifact.path)
+    x = split.x_test.astype(np.float32).reshape(-1, *shape)
+    out = model.graph.output[0].name
+    accuracy_fp32 = float((fp32.run({name: x})[out].argmax(1) == split.y_test).mean())
+    accuracy_int8 = float((int8.run({name: x})[out].argmax(1) == split.y_test).mean())
+    assert accuracy_int8 >= accuracy_fp32 - 0.005, (accuracy_fp32, accuracy_int8)

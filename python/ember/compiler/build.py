@@ -393,7 +393,7 @@ def _apply_precision(
 
 
 def _precision_label(precision: str, library_stats: Mapping[str, Any]) -> str:
-    if precision == "fp32" and library_stats.get("matmul_q8"):
+    if precision == "fp32" and (library_stats.get("matmul_q8") or library_stats.get("conv2d_q8")):
         return "int8 (QDQ model)"
     return precision
 
@@ -405,7 +405,8 @@ def _quantization_record(
     bits, and how many library calls (over all buckets) run in int8."""
     if quantization is None:
         return None
-    return {**quantization, "int8_calls": int(library_stats.get("matmul_q8", 0))}
+    calls = int(library_stats.get("matmul_q8", 0)) + int(library_stats.get("conv2d_q8", 0))
+    return {**quantization, "int8_calls": calls}
 
 
 def _ember_version() -> str:

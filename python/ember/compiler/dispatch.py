@@ -38,6 +38,19 @@ class _Fusion:
     activation: tuple[int, float, float] = (ACT_NONE, 0.0, 0.0)
     q8: _Int8Operands | None = None  # matmul_q8 only
     consumed: list[Any] = field(default_factory=list)  # QDQ vars only this call used
+    conv_q8: _Int8Conv | None = None  # a conv2d whose weights came from QDQ int8 weights
+
+
+@dataclass
+class _Int8Conv:
+    """An int8 conv found in QDQ form before layout conversion: its OHWI int8 weights, their
+    per-output-channel scales and the (uint8) activation scale. The conv itself goes on as a float
+    conv2d of the exactly dequantized weights, found again by their content (weight id) once
+    layout conversion and folding have turned them into OHWI constants."""
+
+    weights: np.ndarray  # int8 OHWI
+    scales: np.ndarray  # float32 [O]
+    a_scale: float
 
 
 @dataclass
@@ -87,10 +100,13 @@ class _Planner:
     `qdq`, int8 matmuls written as ONNX QDQ (before constant folding turns the int8 weights back
     into float)."""
 
-    def __init__(self, func: Any, qdq: bool = False) -> None:
+    def __init__(
+        self, func: Any, qdq: bool = False, int8_convs: dict[int, _Int8Conv] | None = None
+    ) -> None:
         from tvm import relax
 
         self.qdq = qdq
+        self.int8_convs = int8_convs if int8_convs is not None else {}
         self.values: dict[Any, Any] = {}
         self.users: dict[Any, list[Any]] = {}
         self.taken: set[Any] = set()  # vars already inside a fusion
@@ -158,7 +174,7 @@ class _Planner:
                 or len(attrs.padding) != 4
             ):
                 return None
-            return _Fusion("conv2d", value, [var])
+            return _Fusion("conv2d", value, [var], conv_q8=self.int8_convs.get(_weight_id(w)))
         if _op(value, "relax.matmul"):
             a_type, b_type = _tensor_type(value.args[0]), _tensor_type(value.args[1])
             out_type = _tensor_type(var)
@@ -367,6 +383,8 @@ def _library_call(f: _Fusion, out_var: Any) -> Any:
     bias = relax.const(f.bias) if f.bias is not None else x
     residual = f.residual if f.residual is not None else x
     act, alpha, beta = f.activation
+    if f.kind == "conv2d" and f.conv_q8 is not None:
+        return _int8_conv_call(f, f.conv_q8, out_var)
     if f.kind == "conv2d":
         w = _const(f.anchor.args[1])
         assert w is not None
@@ -423,6 +441,111 @@ def _int8_matmul_call(f: _Fusion, q: _Int8Operands, out_var: Any) -> Any:
     return relax.call_dps_packed("ember.dnnl.matmul_q8", args, out_ty=out_var.ty)
 
 
+def _int8_conv_call(f: _Fusion, q: _Int8Conv, out_var: Any) -> Any:
+    from tvm import relax
+
+    x = f.anchor.args[0]
+    bias = relax.const(f.bias) if f.bias is not None else x
+    residual = f.residual if f.residual is not None else x
+    act, alpha, beta = f.activation
+    attrs = f.anchor.attrs
+    ints = [
+        *(int(s) for s in attrs.strides),
+        *(int(p) for p in attrs.padding),
+        *(int(d) for d in attrs.dilation),
+        int(attrs.groups),
+        int(f.bias is not None),
+        int(f.residual is not None),
+        act,
+        _weight_id(q.weights),
+        1,  # a_unsigned: the kernel takes uint8 activations only
+    ]
+    args = [
+        x,
+        relax.const(q.weights),
+        relax.const(q.scales),
+        bias,
+        residual,
+        *map(_prim, ints),
+        _prim(q.a_scale),
+        _prim(alpha),
+        _prim(beta),
+    ]
+    return relax.call_dps_packed("ember.dnnl.conv2d_q8", args, out_ty=out_var.ty)
+
+
+def _unwrap_qdq_convs(func: Any, int8_convs: dict[int, _Int8Conv]) -> Any:
+    """conv2d(dequantize(quantize(x, s, 0 uint8)), dequantize(W int8 OIHW, s_w[O], 0, axis 0))
+    becomes conv2d(x, W * s_w) -- the same math in float -- and the int8 form is remembered in
+    `int8_convs` under the weight id the dequantized weights will have in OHWI. The conv then goes
+    through layout conversion like any other and `_library_call` emits ember.dnnl.conv2d_q8 for
+    it. Convs of signed activations are left as they are (their QDQ is folded into float)."""
+    from tvm import relax
+
+    planner = _Planner(func)
+    replacements: dict[Any, Any] = {}
+    for var, value in planner.values.items():
+        if not _op(value, "relax.nn.conv2d") or str(value.attrs.data_layout) != "NCHW":
+            continue
+        if str(value.attrs.kernel_layout) != "OIHW":
+            continue
+        a, b = value.args
+        dq_a, dq_w = planner.values.get(a), planner.values.get(b)
+        if dq_a is None or dq_w is None:
+            continue
+        if not (_op(dq_a, "relax.dequantize") and _op(dq_w, "relax.dequantize")):
+            continue
+        q_a = planner.values.get(dq_a.args[0])
+        if q_a is None or not _op(q_a, "relax.quantize"):
+            continue
+        w, w_scale, w_zero = (_const(x) for x in dq_w.args)
+        scalars = [_const(x) for x in (*dq_a.args[1:], *q_a.args[1:])]
+        if w is None or w_scale is None or w_zero is None or w.dtype != np.int8 or w.ndim != 4:
+            continue
+        if any(c is None or c.size != 1 for c in scalars) or np.any(w_zero != 0):
+            continue
+        a_scale, a_zero, q_scale, q_zero = (float(np.asarray(c).reshape(())) for c in scalars)
+        out_channels = w.shape[0]
+        if (
+            str(np.asarray(scalars[3]).dtype) != "uint8"
+            or a_zero != 0
+            or q_zero != 0
+            or a_scale != q_scale
+            or not a_scale > 0
+            or w_scale.size not in (1, out_channels)
+            or (w_scale.size == out_channels and int(dq_w.attrs.axis) != 0)
+            or (_NEEDS_SEVEN_BIT_WEIGHTS() and np.abs(w.astype(np.int32)).max(initial=0) > 63)
+        ):
+            continue
+        scales = np.broadcast_to(w_scale.astype(np.float32).reshape(-1), (out_channels,)).copy()
+        dequantized = (w.astype(np.float32) * scales[:, None, None, None]).astype(np.float32)
+        ohwi = np.ascontiguousarray(dequantized.transpose(0, 2, 3, 1))
+        int8_convs[_weight_id(ohwi)] = _Int8Conv(
+            np.ascontiguousarray(w.transpose(0, 2, 3, 1)), scales, a_scale
+        )
+        replacements[var] = relax.Call(
+            value.op, [q_a.args[0], relax.const(dequantized)], value.attrs, value.ty_args
+        )
+    if not replacements:
+        return func
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_var_binding_(self, binding: Any) -> None:
+            new = replacements.get(binding.var)
+            if new is None:
+                super().visit_var_binding_(binding)
+                return
+            call = relax.Call(
+                new.op, [self.visit_expr(a) for a in new.args], new.attrs, new.ty_args
+            )
+            self.builder_.emit_normalized(
+                relax.VarBinding(binding.var, self.builder_.normalize(call))
+            )
+
+    return Rewriter().visit_expr(func)
+
+
 def host_needs_seven_bit_weights() -> bool:
     """x86 without VNNI saturates u8 x s8 products beyond 7-bit weights (see dnnl_kernels.cc)."""
     from .. import _core
@@ -454,7 +577,7 @@ def _describe(fusions: Sequence[_Fusion]) -> dict[str, int]:
     the manifest and tests."""
     stats: dict[str, int] = {}
     for f in fusions:
-        parts = [f.kind]
+        parts = ["conv2d_q8" if f.conv_q8 is not None else f.kind]
         parts += ["nchw8c"] if f.kind == "conv2d" and _is_blocked(f.anchor) else []
         parts += ["bias"] if f.bias is not None else []
         parts += ["residual"] if f.residual is not None else []
@@ -464,10 +587,12 @@ def _describe(fusions: Sequence[_Fusion]) -> dict[str, int]:
     return stats
 
 
-def _rewrite(func: Any, qdq: bool = False) -> tuple[Any, list[_Fusion]]:
+def _rewrite(
+    func: Any, qdq: bool = False, int8_convs: dict[int, _Int8Conv] | None = None
+) -> tuple[Any, list[_Fusion]]:
     from tvm import relax
 
-    fusions = _Planner(func, qdq).plan()
+    fusions = _Planner(func, qdq, int8_convs).plan()
     if not fusions:
         return func, []
     by_output = {f.members[-1]: f for f in fusions}
@@ -611,16 +736,18 @@ def dispatch_to_dnnl(mod: Any, conv_layout: str = "auto") -> tuple[Any, dict[str
     from tvm import relax
 
     fusions: list[_Fusion] = []
-    for gv, func in list(mod.functions_items()):  # int8 QDQ matmuls, before folding loses them
+    int8_convs: dict[int, _Int8Conv] = {}
+    for gv, func in list(mod.functions_items()):  # int8 QDQ ops, before folding loses them
         if isinstance(func, relax.Function):
             mod[gv], found = _rewrite(func, qdq=True)
             fusions += found
+            mod[gv] = _unwrap_qdq_convs(mod[gv], int8_convs)
     mod = _clip_as_relax_ops(relax.transform.FoldConstant()(mod))
     layout = choose_conv_layout(mod, conv_layout)
     mod = relax.transform.FoldConstant()(_convert_conv_layouts(mod, layout))
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
-            mod[gv], found = _rewrite(func)
+            mod[gv], found = _rewrite(func, int8_convs=int8_convs)
             fusions += found
     return mod, {"conv_layout": layout, "calls": len(fusions), **_describe(fusions)}
 
@@ -628,5 +755,10 @@ def dispatch_to_dnnl(mod: Any, conv_layout: str = "auto") -> tuple[Any, dict[str
 def dispatched_kernels(mod: Any) -> Sequence[str]:
     """Names of the library kernels a module calls (for tests and reports)."""
     text = mod.script(show_meta=False)
-    names = ("ember.dnnl.conv2d", "ember.dnnl.matmul", "ember.dnnl.matmul_q8")
+    names = (
+        "ember.dnnl.conv2d",
+        "ember.dnnl.matmul",
+        "ember.dnnl.matmul_q8",
+        "ember.dnnl.conv2d_q8",
+    )
     return [name for name in names if f'"{name}"' in text]

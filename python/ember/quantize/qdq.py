@@ -29,20 +29,25 @@ def activation_params(r: TensorRange) -> tuple[float, np.ndarray]:
     return absmax / 127.0, np.array(0, np.int8)
 
 
-def quantize_weights(w: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-column int8 weights of a [K, N] float matrix: (int8 [K, N], scales [N]),
-    rounding half to even like QuantizeLinear."""
-    absmax = np.abs(w).max(axis=0)
+def quantize_weights(w: np.ndarray, qmax: int, axis: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights with one scale per index of `axis` (the output channel: 1, the
+    column, for a MatMul's [K, N]; 0 for a Conv's [O, C, KH, KW]), rounding half to even like
+    QuantizeLinear. Returns (int8 weights, float32 scales)."""
+    others = tuple(d for d in range(w.ndim) if d != axis)
+    absmax = np.abs(w).max(axis=others)
     scales = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scales), -qmax, qmax).astype(np.int8)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(w / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
     return q, scales
 
 
 def quantize_static(
     model: onnx.ModelProto, calibration: Calibration, *, seven_bit_weights: bool | None = None
 ) -> onnx.ModelProto:
-    """A copy of `model` whose MatMuls with constant 2-d float weights and a calibrated activation
-    input are int8 QDQ. Other nodes are unchanged. `seven_bit_weights` defaults to what this
+    """A copy of `model` whose MatMuls and Convs with constant float weights and a calibrated
+    activation input are int8 QDQ (Convs only where that input is never negative). Other nodes
+    are unchanged. `seven_bit_weights` defaults to what this
     host's CPU needs (see the module docstring)."""
     if seven_bit_weights is None:
         from ..compiler.dispatch import host_needs_seven_bit_weights
@@ -64,7 +69,8 @@ def quantize_static(
     new_inits: list[onnx.TensorProto] = []
     replaced: set[str] = set()
     for node in graph.node:
-        if node.op_type == "MatMul" and _quantizable(node, weights, calibration):
+        axis = _weight_axis(node, weights, calibration)
+        if axis is not None:
             x, w_name = node.input[0], node.input[1]
             if x not in dequantized:
                 scale, zero = activation_params(calibration.ranges[x])
@@ -84,7 +90,7 @@ def quantize_static(
                     ),
                 ]
                 dequantized[x] = f"{stem}_dq"
-            q, scales = quantize_weights(numpy_helper.to_array(weights[w_name]), qmax)
+            q, scales = quantize_weights(numpy_helper.to_array(weights[w_name]), qmax, axis)
             stem = f"{w_name}__ember_q8"
             new_inits += [
                 numpy_helper.from_array(q, f"{stem}_int8"),
@@ -96,7 +102,7 @@ def quantize_static(
                     "DequantizeLinear",
                     [f"{stem}_int8", f"{stem}_scale", f"{stem}_zero"],
                     [f"{stem}_dq"],
-                    axis=1,
+                    axis=axis,
                 )
             )
             node.input[0] = dequantized[x]
@@ -114,16 +120,22 @@ def quantize_static(
     return _sorted(out)
 
 
-def _quantizable(
+def _weight_axis(
     node: onnx.NodeProto, weights: dict[str, onnx.TensorProto], calibration: Calibration
-) -> bool:
+) -> int | None:
+    """The output-channel axis of the node's weights when ember quantizes the node, else None:
+    MatMuls with constant 2-d float weights (axis 1), and Convs with constant 4-d float weights
+    (axis 0) whose input is never negative (the int8 conv kernel takes uint8 activations)."""
+    if len(node.input) < 2 or node.input[0] not in calibration.ranges:
+        return None
     w = weights.get(node.input[1])
-    return (
-        node.input[0] in calibration.ranges
-        and w is not None
-        and w.data_type == TensorProto.FLOAT
-        and len(w.dims) == 2
-    )
+    if w is None or w.data_type != TensorProto.FLOAT:
+        return None
+    if node.op_type == "MatMul" and len(w.dims) == 2:
+        return 1
+    if node.op_type == "Conv" and len(w.dims) == 4 and calibration.ranges[node.input[0]].min >= 0:
+        return 0
+    return None
 
 
 def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
