@@ -250,8 +250,29 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{2, 7, 7, 16, 8, 3, 1, 1, 1, 1, true, false, true, false, true},     // 3x3 NHWC
         ConvCase{1, 9, 8, 8, 16, 3, 2, 1, 1, 1, true, false, true, true, false},     // stride 2
         ConvCase{1, 8, 8, 16, 16, 3, 1, 2, 2, 2, true, false, false, false, true},   // dilated, 2 groups
-        ConvCase{2, 6, 6, 16, 16, 1, 1, 0, 1, 1, true, true, true, true, true},      // 1x1 NCHW8c
-        ConvCase{1, 8, 8, 16, 16, 3, 1, 1, 1, 16, true, true, true, false, true}));  // depthwise 8c
+        ConvCase{2, 6, 6, 16, 16, 1, 1, 0, 1, 1, true, false, true, true, true},     // 1x1
+        ConvCase{1, 8, 8, 16, 16, 3, 1, 1, 1, 16, true, false, true, false, true})); // depthwise
+
+// oneDNN has no optimized uint8 kernel for nChw8c activations: the kernel refuses rather than
+// run its reference implementation (300x slower on the digits CNN); the compiler uses NHWC.
+TEST(Conv2dQ8, RefusesLayoutsWithoutAnOptimizedInt8Kernel) {
+  RegisterDnnlKernels();
+  auto fn = ffi::Function::GetGlobal("ember.dnnl.conv2d_q8");
+  ASSERT_TRUE(fn.has_value());
+  std::vector<float> x(2 * 6 * 6 * 16, 1.0f), s(16, 0.01f), out(2 * 6 * 6 * 16);
+  std::vector<int8_t> w(16 * 16, 1);
+  std::vector<int64_t> x_shape{2, 2, 6, 6, 8}, w_shape{16, 1, 1, 16}, s_shape{16};
+  DLTensor tx = Dl(x.data(), kF32, x_shape), tw = Dl(w.data(), kS8, w_shape),
+           ts = Dl(s.data(), kF32, s_shape), tout = Dl(out.data(), kF32, x_shape);
+  try {
+    (*fn)(&tx, &tw, &ts, &ts, &tx, 1, 1, 0, 0, 0, 0, 1, 1, 1, int64_t{0}, int64_t{0}, int64_t{0},
+          int64_t{6}, int64_t{1}, 0.5, 0.0, 0.0, &tout);
+    FAIL() << "an nChw8c int8 conv was accepted";
+  } catch (const ffi::Error& err) {
+    EXPECT_NE(std::string(err.message()).find("no optimized int8 kernel"), std::string::npos)
+        << err.message();
+  }
+}
 
 TEST(Conv2dQ8, RefusesSignedActivations) {
   RegisterDnnlKernels();

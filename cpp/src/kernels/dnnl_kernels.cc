@@ -594,7 +594,8 @@ void MatmulQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
 // weights; out = a_scale * w_scales[o] * (qx * w) + bias, then residual and activation.
 // Activations must be unsigned (a_unsigned = 1): oneDNN's int8 convs without VNNI halve the
 // weights for signed inputs, which loses exactness (measured: off by ~40 accumulator units).
-// Weights outside [-63, 63] are refused on CPUs without VNNI.
+// Weights outside [-63, 63] are refused on CPUs without VNNI, and so are convs oneDNN would run
+// on its reference implementation (uint8 in NCHW8c, for one): the compiler uses NHWC for them.
 void Conv2dQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   constexpr const char* kName = "ember.dnnl.conv2d_q8";
   if (args.size() != 23) TVM_FFI_THROW(ValueError) << kName << ": expects 23 arguments";
@@ -684,6 +685,13 @@ void Conv2dQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
           Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
           p.src_md, memory::desc(w_dims, memory::data_type::s8, Tag::any), p.bias_md, p.dst_md,
           {sh, sw}, {dh - 1, dw - 1}, {pt, pl}, {pb, pr}, attr);
+      const std::string impl = pd.impl_info_str();
+      if (impl.rfind("ref", 0) == 0) {  // e.g. uint8 in nChw8c: orders of magnitude slower
+        TVM_FFI_THROW(ValueError) << kName << ": oneDNN has no optimized int8 kernel for this conv ("
+                                  << (blocked ? "NCHW8c" : "NHWC") << ", " << c << "->" << o
+                                  << " channels, groups " << groups << "); it would run on '"
+                                  << impl << "'";
+      }
       p.weights_md = pd.weights_desc();
       p.scratchpad_md = pd.scratchpad_desc();
       p.primitive = dnnl::convolution_forward(pd);
