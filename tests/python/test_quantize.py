@@ -291,10 +291,52 @@ def test_digits_cnn_int8_keeps_its_held_out_accuracy(tmp_path: Path) -> None:
     artifact = ember.compile(
         model, output=tmp_path / "int8", precision="int8-static", calibration=samples
     )
-    assert artifact.manifest["kernel_library"]["conv2d_q8"] == 8  # 2 convs x 4 buckets
+    calls = artifact.manifest["kernel_library"]
+    assert calls["conv2d_q8"] == 8 and calls["matmul_q8"] == 8  # 2 convs + 2 Gemms x 4 buckets
     int8 = ember.load(artifact.path)
     x = split.x_test.astype(np.float32).reshape(-1, *shape)
     out = model.graph.output[0].name
     accuracy_fp32 = float((fp32.run({name: x})[out].argmax(1) == split.y_test).mean())
     accuracy_int8 = float((int8.run({name: x})[out].argmax(1) == split.y_test).mean())
     assert accuracy_int8 >= accuracy_fp32 - 0.005, (accuracy_fp32, accuracy_int8)
+
+
+@pytest.mark.parametrize(("trans_b", "beta"), [(1, 1.0), (0, 0.5)])
+def test_gemm_layers_are_quantized_as_matmuls(tmp_path: Path, trans_b: int, beta: float) -> None:
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((6, 10) if trans_b else (10, 6)).astype(np.float32)
+    c = rng.standard_normal(6).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Gemm", ["r", "w", "c"], ["y"], transB=trans_b, beta=beta),
+        ],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(c, "c")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = [{"x": rng.standard_normal((8, 10)).astype(np.float32)} for _ in range(4)]
+    q = quantize_static(model, calibrate(model, data))
+    assert [n.op_type for n in q.graph.node].count("Gemm") == 0
+    artifact = ember.compile(q, batch_sizes=(1, 4), output=tmp_path / "gemm")
+    assert artifact.manifest["kernel_library"]["matmul_q8"] == 2
+    x = rng.standard_normal((4, 10)).astype(np.float32)
+    got = ember.load(artifact.path).run({"x": x})["y"]
+    np.testing.assert_allclose(got, qdq_in_float(q, {"x": x}), rtol=1e-4, atol=1e-4)
+    # And within the calibrated range (fresh inputs may saturate), int8 stays within the rounding
+    # bound of the float Gemm: each activation is off by at most half its scale, each weight by
+    # half its column's scale.
+    x = data[0]["x"][:4]
+    got = ember.load(artifact.path).run({"x": x})["y"]
+    w_kn = w.T if trans_b else w
+    r = np.maximum(x, 0)
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    s_a = float(inits["r__ember_q8_scale"])
+    s_w = next(v for k, v in inits.items() if k.endswith("_w__ember_q8_scale"))
+    bound = 0.5 * s_a * np.abs(w_kn).sum(axis=0) + 0.5 * np.abs(r).sum(axis=1, keepdims=True) * s_w
+    fp32 = r @ w_kn + beta * c
+    assert np.all(np.abs(got - fp32) <= bound * 1.001 + 1e-5)

@@ -62,6 +62,7 @@ def quantize_static(
         )
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    _gemms_as_matmuls(out, calibration)
     graph = out.graph
     weights = {t.name: t for t in graph.initializer}
     dequantized: dict[str, str] = {}  # activation -> its QDQ output, shared by every user
@@ -118,6 +119,50 @@ def quantize_static(
     # QDQ nodes sit just before their first user, which may precede the activation's producer
     # in a graph listed out of order: sort to be sure.
     return _sorted(out)
+
+
+def _gemms_as_matmuls(model: onnx.ModelProto, calibration: Calibration) -> None:
+    """Rewrites, in place, each Gemm with a calibrated input, a constant 2-d float B, alpha 1
+    and no transA into MatMul(A, B as [K, N]) followed by Add(beta * C) when it has a C, so that
+    the MatMul path quantizes it (fully connected layers are exported as Gemm)."""
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        b = weights.get(node.input[1]) if node.op_type == "Gemm" else None
+        if (
+            b is None
+            or node.input[0] not in calibration.ranges
+            or b.data_type != TensorProto.FLOAT
+            or len(b.dims) != 2
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("transA", 0) != 0
+        ):
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(b)
+        if attrs.get("transB", 0):
+            w = w.T
+        stem = f"{node.name or node.output[0]}__ember_gemm"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), f"{stem}_w"))
+        has_c = len(node.input) > 2 and node.input[2]
+        product = f"{stem}_mm" if has_c else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], f"{stem}_w"], [product]))
+        if has_c:
+            c_name = node.input[2]
+            beta = float(attrs.get("beta", 1.0))
+            if beta != 1.0:
+                c = weights.get(c_name)
+                if c is None:
+                    nodes[-1] = node  # a runtime C scaled by beta: leave the Gemm alone
+                    continue
+                scaled = (numpy_helper.to_array(c) * beta).astype(np.float32)
+                c_name = f"{stem}_c"
+                graph.initializer.append(numpy_helper.from_array(scaled, c_name))
+            nodes.append(helper.make_node("Add", [product, c_name], [node.output[0]]))
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _weight_axis(
