@@ -134,6 +134,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 f"{quantization['int8_calls']} int8 library calls",
             )
         )
+        report = quantization.get("report")
+        if report:
+            for result in report["methods"]:
+                mark = (
+                    "chosen"
+                    if result["method"] == report["chosen"]
+                    else ("pass" if result["passed"] else "rejected: " + result["reason"])
+                )
+                accuracy = "-" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
+                rows.append(
+                    (
+                        f"  {result['method']}",
+                        f"accuracy {accuracy}, cosine {result['cosine']:.5f}, top-1 agreement "
+                        f"{result['top1_agreement']:.4f}, speedup {result['speedup']:.2f}x, "
+                        f"{result['artifact_bytes'] / 1e6:.2f} MB ({mark})",
+                    )
+                )
     rows += [("input", str(s)) for s in artifact.inputs]
     rows += [("output", str(s)) for s in artifact.outputs]
     versions = m["versions"]

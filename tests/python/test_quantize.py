@@ -340,3 +340,57 @@ def test_gemm_layers_are_quantized_as_matmuls(tmp_path: Path, trans_b: int, beta
     bound = 0.5 * s_a * np.abs(w_kn).sum(axis=0) + 0.5 * np.abs(r).sum(axis=1, keepdims=True) * s_w
     fp32 = r @ w_kn + beta * c
     assert np.all(np.abs(got - fp32) <= bound * 1.001 + 1e-5)
+
+
+def test_quantize_keeps_the_best_method_that_passes_and_reports_all(tmp_path: Path) -> None:
+    from ember.quantize import quantize
+
+    model = SAMPLES["digits_mlp"]()
+    split = load_digits_split()
+    name = model.graph.input[0].name
+    train = split.x_train.astype(np.float32)
+    samples = [{name: train[i : i + 64]} for i in range(0, len(train), 64)]
+    held_out = {name: split.x_test.astype(np.float32)}
+    artifact, report = quantize(
+        model,
+        samples,
+        held_out,
+        labels=split.y_test,
+        max_accuracy_drop=0.005,
+        output=tmp_path / "q8",
+        repeats=3,
+    )
+    assert [m.method for m in report.methods] == ["minmax", "percentile", "entropy"]
+    chosen = next(m for m in report.methods if m.method == report.chosen)
+    assert chosen.passed and chosen.accuracy_drop is not None and chosen.accuracy_drop <= 0.005
+    assert report.fp32_accuracy == pytest.approx(0.9822, abs=1e-3)
+    stored = artifact.manifest["quantization"]["report"]
+    assert stored["chosen"] == report.chosen and len(stored["methods"]) == 3
+    ember.load(artifact.path)  # re-checksummed after the report was added
+    assert not (tmp_path / ".q8.quantize").exists()
+
+
+def test_the_gate_rejects_with_the_report_and_ships_nothing(tmp_path: Path) -> None:
+    from ember.quantize import QuantizationRejectedError, quantize
+
+    model = mlp()
+    rng = np.random.default_rng(10)
+    samples = [{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(4)]
+    held_out = {"x": rng.standard_normal((16, 16)).astype(np.float32)}
+    with pytest.raises(QuantizationRejectedError, match=r"speedup \S+ < 1000\.0x") as info:
+        quantize(
+            model,
+            samples,
+            held_out,
+            method="minmax",
+            min_speedup=1000.0,
+            output=tmp_path / "rejected",
+            batch_sizes=(1, 16),
+            repeats=1,
+        )
+    (result,) = info.value.report.methods
+    assert not result.passed and 0.9 < result.cosine <= 1.0 + 1e-6  # measured, not skipped
+    assert result.accuracy is None  # no labels: the gate used top-1 agreement with fp32
+    assert not (tmp_path / "rejected").exists() and not (tmp_path / ".rejected.quantize").exists()
+    with pytest.raises(ember.CompileError, match="method must be 'auto' or one of"):
+        quantize(model, samples, held_out, method="kl", output=tmp_path / "x")

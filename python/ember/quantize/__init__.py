@@ -13,14 +13,19 @@ from .calibrate import (
     calibrate,
     quantized_activations,
 )
+from .gate import MethodResult, QuantizationRejectedError, QuantizationReport, quantize
 from .qdq import activation_params, quantize_static, quantize_weights
 
 __all__ = [
     "METHODS",
     "Calibration",
+    "MethodResult",
+    "QuantizationRejectedError",
+    "QuantizationReport",
     "TensorRange",
     "activation_params",
     "calibrate",
+    "quantize",
     "quantize_static",
     "quantize_weights",
     "quantized_activations",
