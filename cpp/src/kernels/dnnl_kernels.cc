@@ -307,6 +307,36 @@ void Guarded(const char* kernel, Fn&& fn) {
   }
 }
 
+// A conv's logical dims in oneDNN's order, whatever the activation layout (NHWC: [N,H,W,C];
+// NCHW8c: [N,C/8,H,W,8]), from its input, OHWI weights and output; the layout checked.
+struct ConvGeometry {
+  int64_t n, c, h, wd, o, kh, kw, oh, ow;
+  bool blocked;
+  Tag act_tag;
+};
+
+ConvGeometry ConvGeometryOf(const DLTensor* x, const DLTensor* w, const DLTensor* out,
+                            const char* kernel) {
+  const bool blocked = x->ndim == 5;
+  if (blocked ? (out->ndim != 5 || x->shape[4] != kBlock || out->shape[4] != kBlock)
+              : (x->ndim != 4 || out->ndim != 4)) {
+    TVM_FFI_THROW(ValueError) << kernel
+                              << ": expects NHWC (4-d) or NCHW8c (5-d) input and output, alike";
+  }
+  if (w->ndim != 4) TVM_FFI_THROW(ValueError) << kernel << ": expects 4-d OHWI weights";
+  return ConvGeometry{x->shape[0],
+                      blocked ? x->shape[1] * kBlock : x->shape[3],
+                      blocked ? x->shape[2] : x->shape[1],
+                      blocked ? x->shape[3] : x->shape[2],
+                      w->shape[0],
+                      w->shape[1],
+                      w->shape[2],
+                      blocked ? out->shape[2] : out->shape[1],
+                      blocked ? out->shape[3] : out->shape[2],
+                      blocked,
+                      blocked ? Tag::nChw8c : Tag::nhwc};
+}
+
 // ember.dnnl.conv2d(x, w[O,KH,KW,C/groups], bias[O], residual, stride_h, stride_w, pad_top,
 //   pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups, has_bias, has_residual,
 //   activation, weight_id, alpha, beta, out)
@@ -328,22 +358,7 @@ void Conv2d(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   const auto beta = static_cast<float>(args[18].cast<double>());
   const DLTensor* bias = has_bias ? TensorArg(args, 2, kName) : nullptr;
   const DLTensor* residual = has_res ? TensorArg(args, 3, kName) : nullptr;
-  const bool blocked = x->ndim == 5;
-  if (blocked ? (out->ndim != 5 || x->shape[4] != kBlock || out->shape[4] != kBlock)
-              : (x->ndim != 4 || out->ndim != 4)) {
-    TVM_FFI_THROW(ValueError) << kName
-                              << ": expects NHWC (4-d) or NCHW8c (5-d) input and output, alike";
-  }
-  if (w->ndim != 4) TVM_FFI_THROW(ValueError) << kName << ": expects 4-d OHWI weights";
-  // Logical dims in oneDNN's order, whatever the layout.
-  const int64_t n = x->shape[0];
-  const int64_t c = blocked ? x->shape[1] * kBlock : x->shape[3];
-  const int64_t h = blocked ? x->shape[2] : x->shape[1];
-  const int64_t wd = blocked ? x->shape[3] : x->shape[2];
-  const int64_t o = w->shape[0], kh = w->shape[1], kw = w->shape[2];
-  const int64_t oh = blocked ? out->shape[2] : out->shape[1];
-  const int64_t ow = blocked ? out->shape[3] : out->shape[2];
-  const Tag act_tag = blocked ? Tag::nChw8c : Tag::nhwc;
+  const auto [n, c, h, wd, o, kh, kw, oh, ow, blocked, act_tag] = ConvGeometryOf(x, w, out, kName);
 
   const SerialIfSmall serial(2.0 * static_cast<double>(n * o * oh * ow) *
                              static_cast<double>(c / groups * kh * kw));
@@ -495,6 +510,19 @@ bool Int8NeedsSevenBitWeights() {
 
 constexpr int kSevenBitMax = 63;
 
+// Refuses int8 weights that would saturate on this CPU (see Int8NeedsSevenBitWeights).
+void CheckSevenBitWeights(const DLTensor* w, const char* kernel) {
+  if (!Int8NeedsSevenBitWeights()) return;
+  size_t count = 1;
+  for (int d = 0; d < w->ndim; ++d) count *= static_cast<size_t>(w->shape[d]);
+  const auto* values = static_cast<const int8_t*>(DataOf(w));
+  if (!std::all_of(values, values + count,
+                   [](int8_t v) { return v >= -kSevenBitMax && v <= kSevenBitMax; })) {
+    TVM_FFI_THROW(ValueError) << kernel << ": int8 weights must be within [-63, 63] on CPUs "
+                              << "without VNNI (u8 x s8 products saturate in int16 otherwise)";
+  }
+}
+
 // ember.dnnl.matmul_q8(a[..., M, K], b[K, N] int8, b_scales[N], bias[N], residual[..., M, N],
 //   a_scale, a_unsigned, has_bias, has_residual, activation, weight_id, alpha, beta,
 //   out[..., M, N])
@@ -556,14 +584,7 @@ void MatmulQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
       auto pd = dnnl::matmul::primitive_desc(
           Engine(), p.src_md, memory::desc({k, n}, memory::data_type::s8, Tag::any), p.bias_md,
           p.dst_md, attr);
-      if (Int8NeedsSevenBitWeights()) {
-        const auto* w = static_cast<const int8_t*>(DataOf(b));
-        const bool fits = std::all_of(w, w + k * n, [](int8_t v) { return v >= -kSevenBitMax && v <= kSevenBitMax; });
-        if (!fits) {
-          TVM_FFI_THROW(ValueError) << kName << ": int8 weights must be within [-63, 63] on CPUs "
-                                    << "without VNNI (u8 x s8 products saturate in int16 otherwise)";
-        }
-      }
+      CheckSevenBitWeights(b, kName);
       p.weights_md = pd.weights_desc();
       p.scratchpad_md = pd.scratchpad_desc();
       p.primitive = dnnl::matmul(pd);
@@ -613,30 +634,16 @@ void Conv2dQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   const auto beta = static_cast<float>(args[21].cast<double>());
   const DLTensor* bias = has_bias ? TensorArg(args, 3, kName) : nullptr;
   const DLTensor* residual = has_res ? TensorArg(args, 4, kName) : nullptr;
-  const bool blocked = x->ndim == 5;
-  if (blocked ? (out->ndim != 5 || x->shape[4] != kBlock || out->shape[4] != kBlock)
-              : (x->ndim != 4 || out->ndim != 4)) {
-    TVM_FFI_THROW(ValueError) << kName
-                              << ": expects NHWC (4-d) or NCHW8c (5-d) input and output, alike";
-  }
-  if (w->ndim != 4) TVM_FFI_THROW(ValueError) << kName << ": expects 4-d OHWI weights";
+  const auto [n, c, h, wd, o, kh, kw, oh, ow, blocked, act_tag] = ConvGeometryOf(x, w, out, kName);
   if (!(a_scale > 0) || !std::isfinite(a_scale)) {
     TVM_FFI_THROW(ValueError) << kName << ": a_scale must be finite and > 0, got " << a_scale;
   }
   if (a_unsigned != 1) {
     TVM_FFI_THROW(ValueError) << kName << ": needs unsigned (uint8) activations";
   }
-  const int64_t n = x->shape[0];
-  const int64_t c = blocked ? x->shape[1] * kBlock : x->shape[3];
-  const int64_t h = blocked ? x->shape[2] : x->shape[1];
-  const int64_t wd = blocked ? x->shape[3] : x->shape[2];
-  const int64_t o = w->shape[0], kh = w->shape[1], kw = w->shape[2];
-  const int64_t oh = blocked ? out->shape[2] : out->shape[1];
-  const int64_t ow = blocked ? out->shape[3] : out->shape[2];
   if (w_scales->ndim != 1 || w_scales->shape[0] != o) {
     TVM_FFI_THROW(ValueError) << kName << ": w_scales must be [" << o << "]";
   }
-  const Tag act_tag = blocked ? Tag::nChw8c : Tag::nhwc;
   const auto src_type = memory::data_type::u8;
 
   const SerialIfSmall serial(2.0 * static_cast<double>(n * o * oh * ow) *
@@ -649,15 +656,7 @@ void Conv2dQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
            a_unsigned});
   Guarded(kName, [&] {
     const CachedPrimitive& prim = GetOrBuild(key, [&] {
-      if (Int8NeedsSevenBitWeights()) {
-        const auto* values = static_cast<const int8_t*>(DataOf(w));
-        const int64_t count = o * kh * kw * (c / groups);
-        if (!std::all_of(values, values + count,
-                         [](int8_t v) { return v >= -kSevenBitMax && v <= kSevenBitMax; })) {
-          TVM_FFI_THROW(ValueError) << kName << ": int8 weights must be within [-63, 63] on CPUs "
-                                    << "without VNNI (u8 x s8 products saturate in int16 otherwise)";
-        }
-      }
+      CheckSevenBitWeights(w, kName);
       CachedPrimitive p;
       p.has_bias = has_bias != 0;
       p.has_residual = has_res != 0;

@@ -388,17 +388,7 @@ def _library_call(f: _Fusion, out_var: Any) -> Any:
     if f.kind == "conv2d":
         w = _const(f.anchor.args[1])
         assert w is not None
-        attrs = f.anchor.attrs
-        ints = [
-            *(int(s) for s in attrs.strides),
-            *(int(p) for p in attrs.padding),
-            *(int(d) for d in attrs.dilation),
-            int(attrs.groups),
-            int(f.bias is not None),
-            int(f.residual is not None),
-            act,
-            _weight_id(w),
-        ]
+        ints = _conv_ints(f, _weight_id(w))
         args = [x, f.anchor.args[1], bias, residual, *map(_prim, ints), _prim(alpha), _prim(beta)]
         return relax.call_dps_packed("ember.dnnl.conv2d", args, out_ty=out_var.ty)
     b = f.anchor.args[1]
@@ -441,25 +431,30 @@ def _int8_matmul_call(f: _Fusion, q: _Int8Operands, out_var: Any) -> Any:
     return relax.call_dps_packed("ember.dnnl.matmul_q8", args, out_ty=out_var.ty)
 
 
-def _int8_conv_call(f: _Fusion, q: _Int8Conv, out_var: Any) -> Any:
-    from tvm import relax
-
-    x = f.anchor.args[0]
-    bias = relax.const(f.bias) if f.bias is not None else x
-    residual = f.residual if f.residual is not None else x
-    act, alpha, beta = f.activation
+def _conv_ints(f: _Fusion, weight_id: int) -> list[int]:
+    """The integer arguments every conv kernel takes, in order: strides, padding, dilation,
+    groups, has_bias, has_residual, activation, weight id."""
     attrs = f.anchor.attrs
-    ints = [
+    return [
         *(int(s) for s in attrs.strides),
         *(int(p) for p in attrs.padding),
         *(int(d) for d in attrs.dilation),
         int(attrs.groups),
         int(f.bias is not None),
         int(f.residual is not None),
-        act,
-        _weight_id(q.weights),
-        1,  # a_unsigned: the kernel takes uint8 activations only
+        f.activation[0],
+        weight_id,
     ]
+
+
+def _int8_conv_call(f: _Fusion, q: _Int8Conv, out_var: Any) -> Any:
+    from tvm import relax
+
+    x = f.anchor.args[0]
+    bias = relax.const(f.bias) if f.bias is not None else x
+    residual = f.residual if f.residual is not None else x
+    _, alpha, beta = f.activation
+    ints = [*_conv_ints(f, _weight_id(q.weights)), 1]  # a_unsigned: uint8 activations only
     args = [
         x,
         relax.const(q.weights),
