@@ -65,10 +65,36 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         name=args.name,
         conv_layout=args.conv_layout,
         tune=TuneBudget(trials=args.tune_trials) if args.tune_trials else None,
+        precision=args.precision,
+        calibration=_calibration_batches(args.calibration) if args.calibration else None,
+        calibration_method=args.calibration_method,
         progress=lambda msg: print(msg, file=sys.stderr),
     )
     print(artifact.path)
     return 0
+
+
+CALIBRATION_BATCH = 32
+
+
+def _calibration_batches(path: Path) -> list[dict[str, np.ndarray]]:
+    """Calibration samples from an .npz: one array per input name, samples along axis 0, cut
+    into batches of CALIBRATION_BATCH rows."""
+    if not path.is_file():
+        raise SystemExit(f"ember compile: calibration file '{path}' does not exist")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    counts = {name: len(a) for name, a in arrays.items()}
+    if not arrays or len(set(counts.values())) != 1:
+        raise SystemExit(
+            f"ember compile: '{path}' must hold one array per input with the same number of "
+            f"samples along axis 0, got {counts or 'no arrays'}"
+        )
+    total = next(iter(counts.values()))
+    return [
+        {name: a[i : i + CALIBRATION_BATCH] for name, a in arrays.items()}
+        for i in range(0, total, CALIBRATION_BATCH)
+    ]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -203,6 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="MetaSchedule trials for TVM-generated loops (0: none); cached on disk",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "int8-static", "int8-weight", "fp16", "bf16"),
+        help="int8-static needs --calibration",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help=".npz with one array per input name, samples along axis 0 (fed in batches of 32)",
+    )
+    p.add_argument(
+        "--calibration-method",
+        default="minmax",
+        choices=("minmax", "percentile", "entropy"),
+        help="how activation ranges are chosen",
     )
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
     p.set_defaults(func=_cmd_compile)

@@ -394,3 +394,22 @@ def test_the_gate_rejects_with_the_report_and_ships_nothing(tmp_path: Path) -> N
     assert not (tmp_path / "rejected").exists() and not (tmp_path / ".rejected.quantize").exists()
     with pytest.raises(ember.CompileError, match="method must be 'auto' or one of"):
         quantize(model, samples, held_out, method="kl", output=tmp_path / "x")
+
+
+def test_ember_compile_cli_quantizes_with_an_npz_of_calibration_samples(tmp_path: Path) -> None:
+    from ember.cli import main
+
+    model_path = tmp_path / "mlp.onnx"
+    onnx.save(mlp(), str(model_path))
+    samples = tmp_path / "calibration.npz"
+    np.savez(samples, x=np.random.default_rng(11).standard_normal((70, 16)).astype(np.float32))
+    out = tmp_path / "q8"
+    argv = ["compile", str(model_path), "-o", str(out), "--batch-sizes", "1,4"]
+    assert main([*argv, "--precision", "int8-static", "--calibration", str(samples)]) == 0
+    manifest = ember.Artifact(out).manifest
+    assert manifest["precision"] == "int8-static"
+    assert manifest["quantization"]["samples"] == 3  # 70 rows in batches of 32
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((4, 16), np.float32), z=np.zeros((5, 16), np.float32))
+    with pytest.raises(SystemExit, match="same number of samples"):
+        main([*argv, "--precision", "int8-static", "--calibration", str(bad)])
