@@ -150,7 +150,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("precision", m.get("precision", "fp32")),
     ]
     quantization = m.get("quantization")
-    if quantization:
+    if quantization and quantization["method"] == "weight-only":
+        rows.append(
+            (
+                "quantization",
+                f"weight-only, {quantization['weight_bits']}-bit weights per output channel, "
+                f"{quantization.get('int8_weight_calls', 0)} library calls dequantize them "
+                "once at load",
+            )
+        )
+    elif quantization:
         rows.append(
             (
                 "quantization",

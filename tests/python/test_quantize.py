@@ -83,7 +83,7 @@ def test_ember_runs_qdq_matmuls_on_int8_kernels(tmp_path: Path, method: str) -> 
         np.testing.assert_allclose(got, emulate_mlp(model, q, x), rtol=1e-4, atol=1e-4)
 
 
-def test_weights_too_wide_for_this_cpu_stay_float(tmp_path: Path) -> None:
+def test_weights_too_wide_for_this_cpu_run_in_float(tmp_path: Path) -> None:
     from ember.compiler.dispatch import host_needs_seven_bit_weights
 
     model = mlp()
@@ -94,6 +94,7 @@ def test_weights_too_wide_for_this_cpu_stay_float(tmp_path: Path) -> None:
     calls = artifact.manifest["kernel_library"]
     if host_needs_seven_bit_weights():
         assert calls.get("matmul_q8", 0) == 0 and calls["matmul"] == 2  # never saturate
+        assert calls["matmul_w8"] == 2  # the weights still stay int8 in the artifact
     else:
         assert calls["matmul_q8"] == 2
     x = rng.standard_normal((4, 16)).astype(np.float32)
@@ -153,6 +154,7 @@ def test_compile_precision_int8_static_records_what_it_did(tmp_path: Path) -> No
         "activations": 2,
         "weight_bits": 7 if _seven_bit() else 8,
         "int8_calls": 4,
+        "int8_weight_calls": 0,
     }
     assert artifact.manifest["source"]["sha256"] == artifact_source_sha(model)  # the fp32 model
     x = rng.standard_normal((3, 16)).astype(np.float32)
@@ -183,7 +185,7 @@ def mlp_fp32(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     [
         ({"precision": "int8-static"}, "needs calibration="),
         ({"precision": "fp64"}, "precision must be one of"),
-        ({"precision": "int8-weight"}, "not implemented yet"),
+        ({"precision": "int8-weight", "calibration": [{"x": np.zeros((1, 16))}]}, "only used"),
         ({"calibration": [{"x": np.zeros((1, 16), np.float32)}]}, "only used with"),
     ],
 )
@@ -360,12 +362,12 @@ def test_quantize_keeps_the_best_method_that_passes_and_reports_all(tmp_path: Pa
         output=tmp_path / "q8",
         repeats=3,
     )
-    assert [m.method for m in report.methods] == ["minmax", "percentile", "entropy"]
+    assert [m.method for m in report.methods] == ["minmax", "percentile", "entropy", "weight-only"]
     chosen = next(m for m in report.methods if m.method == report.chosen)
     assert chosen.passed and chosen.accuracy_drop is not None and chosen.accuracy_drop <= 0.005
     assert report.fp32_accuracy == pytest.approx(0.9822, abs=1e-3)
     stored = artifact.manifest["quantization"]["report"]
-    assert stored["chosen"] == report.chosen and len(stored["methods"]) == 3
+    assert stored["chosen"] == report.chosen and len(stored["methods"]) == 4
     ember.load(artifact.path)  # re-checksummed after the report was added
     assert not (tmp_path / ".q8.quantize").exists()
 

@@ -196,9 +196,12 @@ const CachedPrimitive& GetOrBuild(const PrimitiveKey& key, Build&& build) {
 }
 
 // Reorders constant weights from their plain layout into `packed_md`, once per weight and layout.
+// Weight-only int8 weights (s8 `user_md`) are dequantized by the same reorder, multiplied by
+// `scales` along the axes in `scale_mask`: the float weights exist once, packed, never per call.
 // Called with the cache's exclusive lock held.
 std::shared_ptr<memory> PackWeights(int64_t weight_id, const memory::desc& user_md, void* data,
-                                    const memory::desc& packed_md) {
+                                    const memory::desc& packed_md, const float* scales = nullptr,
+                                    int scale_mask = 0) {
   auto& layouts = Cache().packed[weight_id];
   for (const auto& [md, mem] : layouts) {
     if (md == packed_md) return mem;
@@ -206,7 +209,21 @@ std::shared_ptr<memory> PackWeights(int64_t weight_id, const memory::desc& user_
   auto packed = std::make_shared<memory>(packed_md, Engine());
   memory user(user_md, Engine(), data);
   dnnl::stream stream(Engine());
-  dnnl::reorder(user, *packed).execute(stream, user, *packed);
+  if (scales == nullptr) {
+    dnnl::reorder(user, *packed).execute(stream, user, *packed);
+  } else {
+    dnnl::primitive_attr attr;
+    attr.set_scales_mask(DNNL_ARG_SRC, scale_mask);
+    const auto pd = dnnl::reorder::primitive_desc(Engine(), user_md, Engine(), packed_md, attr);
+    int64_t count = 1;
+    for (int axis = 0; axis < user_md.get_ndims(); ++axis) {
+      if (scale_mask & (1 << axis)) count *= user_md.get_dims()[static_cast<size_t>(axis)];
+    }
+    memory scale_mem(memory::desc({count}, kF32, Tag::a), Engine(), const_cast<float*>(scales));
+    dnnl::reorder(pd).execute(stream, {{DNNL_ARG_SRC, user},
+                                       {DNNL_ARG_DST, *packed},
+                                       {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, scale_mem}});
+  }
   stream.wait();
   layouts.emplace_back(packed_md, packed);
   return packed;
@@ -343,27 +360,38 @@ ConvGeometry ConvGeometryOf(const DLTensor* x, const DLTensor* w, const DLTensor
 // Activations (x, residual, out) are either all NHWC (4-d: [N,H,W,C]) or all NCHW8c (5-d:
 // [N,C/8,H,W,8], oneDNN's nChw8c), the blocked layout its depthwise and 1x1 kernels run fastest
 // on. Weights are constants: prepacked once per weight_id (a content hash from the compiler).
-void Conv2d(ffi::PackedArgs args, ffi::Any* /*rv*/) {
-  constexpr const char* kName = "ember.dnnl.conv2d";
-  if (args.size() != 20) TVM_FFI_THROW(ValueError) << kName << ": expects 20 arguments";
+//
+// ember.dnnl.conv2d_w8(x, w[O,KH,KW,C/groups] int8, w_scales[O], bias, ... as above ..., out)
+// Weight-only int8: the artifact holds int8 weights and per-output-channel scales; the one-time
+// prepack dequantizes them into the float primitive's layout (see PackWeights).
+void Conv2dCommon(const ffi::PackedArgs& args, bool weight_only) {
+  const char* kName = weight_only ? "ember.dnnl.conv2d_w8" : "ember.dnnl.conv2d";
+  const int shift = weight_only ? 1 : 0;  // w8: the scales follow the weights
+  if (args.size() != 20 + shift) {
+    TVM_FFI_THROW(ValueError) << kName << ": expects " << 20 + shift << " arguments";
+  }
   const DLTensor* x = TensorArg(args, 0, kName);
-  const DLTensor* w = TensorArg(args, 1, kName);
-  const DLTensor* out = TensorArg(args, 19, kName);
+  const DLTensor* w = weight_only ? TensorArg(args, 1, kName, kDLInt, 8) : TensorArg(args, 1, kName);
+  const DLTensor* w_scales = weight_only ? TensorArg(args, 2, kName) : nullptr;
+  const DLTensor* out = TensorArg(args, 19 + shift, kName);
   int64_t ints[13];
-  for (int i = 0; i < 13; ++i) ints[i] = args[4 + i].cast<int64_t>();
+  for (int i = 0; i < 13; ++i) ints[i] = args[4 + shift + i].cast<int64_t>();
   const auto [sh, sw, pt, pl, pb, pr, dh, dw, groups, has_bias, has_res, act, weight_id] =
       std::tuple{ints[0], ints[1], ints[2], ints[3], ints[4], ints[5], ints[6], ints[7], ints[8],
                  ints[9], ints[10], ints[11], ints[12]};
-  const auto alpha = static_cast<float>(args[17].cast<double>());
-  const auto beta = static_cast<float>(args[18].cast<double>());
-  const DLTensor* bias = has_bias ? TensorArg(args, 2, kName) : nullptr;
-  const DLTensor* residual = has_res ? TensorArg(args, 3, kName) : nullptr;
+  const auto alpha = static_cast<float>(args[17 + shift].cast<double>());
+  const auto beta = static_cast<float>(args[18 + shift].cast<double>());
+  const DLTensor* bias = has_bias ? TensorArg(args, 2 + shift, kName) : nullptr;
+  const DLTensor* residual = has_res ? TensorArg(args, 3 + shift, kName) : nullptr;
   const auto [n, c, h, wd, o, kh, kw, oh, ow, blocked, act_tag] = ConvGeometryOf(x, w, out, kName);
+  if (weight_only && (w_scales->ndim != 1 || w_scales->shape[0] != o)) {
+    TVM_FFI_THROW(ValueError) << kName << ": w_scales must be [" << o << "]";
+  }
 
   const SerialIfSmall serial(2.0 * static_cast<double>(n * o * oh * ow) *
                              static_cast<double>(c / groups * kh * kw));
   PrimitiveKey key;
-  key.kernel = 0;
+  key.kernel = weight_only ? 4 : 0;
   key.weight_id = weight_id;
   key.Add({n, h, wd, c, o, kh, kw, oh, ow, sh, sw, pt, pl, pb, pr, dh, dw, groups, has_bias, has_res,
            act, static_cast<int64_t>(alpha * 1e6), static_cast<int64_t>(beta * 1e6), blocked});
@@ -376,12 +404,15 @@ void Conv2d(ffi::PackedArgs args, ffi::Any* /*rv*/) {
       p.dst_md = memory::desc({n, o, oh, ow}, kF32, act_tag);
       memory::desc user_w;
       Dims w_dims;
+      const auto user_type = weight_only ? memory::data_type::s8 : kF32;
+      int scale_mask = 1 << 0;  // per output channel
       if (groups == 1) {
         w_dims = {o, c, kh, kw};
-        user_w = memory::desc(w_dims, kF32, Tag::ohwi);
+        user_w = memory::desc(w_dims, user_type, Tag::ohwi);
       } else {
         w_dims = {groups, o / groups, c / groups, kh, kw};
-        user_w = memory::desc(w_dims, kF32, Tag::gohwi);
+        user_w = memory::desc(w_dims, user_type, Tag::gohwi);
+        scale_mask = (1 << 0) | (1 << 1);  // (group, output channel in group)
       }
       p.bias_md = has_bias ? memory::desc({o}, kF32, Tag::a) : memory::desc();
       p.residual_md = p.dst_md;
@@ -393,7 +424,9 @@ void Conv2d(ffi::PackedArgs args, ffi::Any* /*rv*/) {
       p.weights_md = pd.weights_desc();
       p.scratchpad_md = pd.scratchpad_desc();
       p.primitive = dnnl::convolution_forward(pd);
-      p.packed_weights = PackWeights(weight_id, user_w, DataOf(w), p.weights_md);
+      p.packed_weights = PackWeights(
+          weight_id, user_w, DataOf(w), p.weights_md,
+          weight_only ? static_cast<const float*>(DataOf(w_scales)) : nullptr, scale_mask);
       return p;
     });
     Execute(prim, DataOf(x), nullptr, bias ? DataOf(bias) : nullptr,
@@ -401,23 +434,37 @@ void Conv2d(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   });
 }
 
+void Conv2d(ffi::PackedArgs args, ffi::Any* /*rv*/) { Conv2dCommon(args, false); }
+void Conv2dW8(ffi::PackedArgs args, ffi::Any* /*rv*/) { Conv2dCommon(args, true); }
+
 // ember.dnnl.matmul(a[..., M, K], b[..., K, N], bias[N], residual[..., M, N],
 //   b_is_constant, has_bias, has_residual, activation, weight_id, alpha, beta, out[..., M, N])
 // Leading (batch) dims broadcast as in numpy. A constant 2-d `b` is prepacked once per weight_id
 // and `a`'s leading dims are folded into M.
-void Matmul(ffi::PackedArgs args, ffi::Any* /*rv*/) {
-  constexpr const char* kName = "ember.dnnl.matmul";
-  if (args.size() != 12) TVM_FFI_THROW(ValueError) << kName << ": expects 12 arguments";
+//
+// ember.dnnl.matmul_w8(a, b[K, N] int8, b_scales[N], bias, ... as above ..., out)
+// Weight-only int8 of a constant 2-d `b`: dequantized (per column) by its one-time prepack.
+void MatmulCommon(const ffi::PackedArgs& args, bool weight_only) {
+  const char* kName = weight_only ? "ember.dnnl.matmul_w8" : "ember.dnnl.matmul";
+  const int shift = weight_only ? 1 : 0;  // w8: the scales follow the weights
+  if (args.size() != 12 + shift) {
+    TVM_FFI_THROW(ValueError) << kName << ": expects " << 12 + shift << " arguments";
+  }
   const DLTensor* a = TensorArg(args, 0, kName);
-  const DLTensor* b = TensorArg(args, 1, kName);
-  const DLTensor* out = TensorArg(args, 11, kName);
-  const int64_t b_const = args[4].cast<int64_t>(), has_bias = args[5].cast<int64_t>();
-  const int64_t has_res = args[6].cast<int64_t>(), act = args[7].cast<int64_t>();
-  const int64_t weight_id = args[8].cast<int64_t>();
-  const auto alpha = static_cast<float>(args[9].cast<double>());
-  const auto beta = static_cast<float>(args[10].cast<double>());
-  const DLTensor* bias = has_bias ? TensorArg(args, 2, kName) : nullptr;
-  const DLTensor* residual = has_res ? TensorArg(args, 3, kName) : nullptr;
+  const DLTensor* b = weight_only ? TensorArg(args, 1, kName, kDLInt, 8) : TensorArg(args, 1, kName);
+  const DLTensor* b_scales = weight_only ? TensorArg(args, 2, kName) : nullptr;
+  const DLTensor* out = TensorArg(args, 11 + shift, kName);
+  const int64_t b_const = args[4 + shift].cast<int64_t>(), has_bias = args[5 + shift].cast<int64_t>();
+  const int64_t has_res = args[6 + shift].cast<int64_t>(), act = args[7 + shift].cast<int64_t>();
+  const int64_t weight_id = args[8 + shift].cast<int64_t>();
+  const auto alpha = static_cast<float>(args[9 + shift].cast<double>());
+  const auto beta = static_cast<float>(args[10 + shift].cast<double>());
+  const DLTensor* bias = has_bias ? TensorArg(args, 2 + shift, kName) : nullptr;
+  const DLTensor* residual = has_res ? TensorArg(args, 3 + shift, kName) : nullptr;
+  if (weight_only && (!b_const || b->ndim != 2 || b_scales->ndim != 1 ||
+                      b_scales->shape[0] != b->shape[1])) {
+    TVM_FFI_THROW(ValueError) << kName << ": expects constant b[K, N] and b_scales[N]";
+  }
   if (a->ndim < 2 || b->ndim < 2 || out->ndim < 2) {
     TVM_FFI_THROW(ValueError) << kName << ": operands must have rank >= 2";
   }
@@ -447,7 +494,7 @@ void Matmul(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   for (int64_t d : out_dims) flops *= static_cast<double>(d);
   const SerialIfSmall serial(flops);
   PrimitiveKey key;
-  key.kernel = 1;
+  key.kernel = weight_only ? 5 : 1;
   key.weight_id = b_const ? weight_id : 0;
   key.Add(static_cast<int64_t>(a_dims.size()));
   key.Add(a_dims);
@@ -481,13 +528,22 @@ void Matmul(ffi::PackedArgs args, ffi::Any* /*rv*/) {
       p.weights_md = pd.weights_desc();
       p.scratchpad_md = pd.scratchpad_desc();
       p.primitive = dnnl::matmul(pd);
-      if (b_const) p.packed_weights = PackWeights(weight_id, PlainDesc(b_dims), DataOf(b), p.weights_md);
+      if (weight_only) {
+        p.packed_weights =
+            PackWeights(weight_id, memory::desc(b_dims, memory::data_type::s8, Tag::ab), DataOf(b),
+                        p.weights_md, static_cast<const float*>(DataOf(b_scales)), 1 << 1);
+      } else if (b_const) {
+        p.packed_weights = PackWeights(weight_id, PlainDesc(b_dims), DataOf(b), p.weights_md);
+      }
       return p;
     });
     Execute(prim, DataOf(a), DataOf(b), bias ? DataOf(bias) : nullptr,
             residual ? DataOf(residual) : nullptr, DataOf(out));
   });
 }
+
+void Matmul(ffi::PackedArgs args, ffi::Any* /*rv*/) { MatmulCommon(args, false); }
+void MatmulW8(ffi::PackedArgs args, ffi::Any* /*rv*/) { MatmulCommon(args, true); }
 
 // Per-thread buffer for an int8 kernel's quantized activation.
 void* ThreadQuantized(size_t nbytes) {
@@ -717,6 +773,8 @@ void RegisterDnnlKernels() {
     refl::GlobalDef()
         .def_packed("ember.dnnl.conv2d", Conv2d)
         .def_packed("ember.dnnl.matmul", Matmul)
+        .def_packed("ember.dnnl.conv2d_w8", Conv2dW8)
+        .def_packed("ember.dnnl.matmul_w8", MatmulW8)
         .def_packed("ember.dnnl.matmul_q8", MatmulQ8)
         .def_packed("ember.dnnl.conv2d_q8", Conv2dQ8);
   });

@@ -253,10 +253,13 @@ def compile(
     tune: a `TuneBudget` runs MetaSchedule on the loop nests TVM still generates, caching the
     results on disk so that compiling the same model again skips the search (default: no tuning;
     default schedules only).
-    precision: "fp32", or "int8-static": MatMuls with constant weights run on int8 kernels with
-    activation scales from `calibration` (input dicts, or an `ember.quantize.Calibration`),
-    computed by `calibration_method` ("minmax", "percentile", "entropy"). Models that already
-    carry QDQ nodes run their QDQ MatMuls in int8 at any precision.
+    precision: "fp32"; "int8-static": MatMuls and Convs (after ReLU) with constant weights run on
+    int8 kernels with activation scales from `calibration` (input dicts, or an
+    `ember.quantize.Calibration`), computed by `calibration_method` ("minmax", "percentile",
+    "entropy"); "int8-weight": MatMul and Conv weights are stored as int8 per output channel
+    (the artifact is ~4x smaller) and dequantized once when the kernels prepack them, so compute
+    stays float and so does the speed. Models that already carry QDQ nodes run their QDQ ops in
+    int8 at any precision.
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -342,6 +345,11 @@ def compile(
     return Artifact(out_dir)
 
 
+# Artifacts are deployables, not debug builds: strip symbols and debug info (-s; dlsym needs only
+# the dynamic symbols), and keep code and constants in one page-aligned segment instead of
+# padding each to its own page (-z noseparate-code), which for small models is most of the file.
+_LINK_OPTIONS = ["-s", "-Wl,-z,noseparate-code"]
+
 PRECISIONS = ("fp32", "int8-static", "int8-weight", "fp16", "bf16")
 
 
@@ -355,9 +363,9 @@ def _apply_precision(
     """The model to compile for `precision` and what quantization did (None for fp32)."""
     if precision not in PRECISIONS:
         raise CompileError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "int8-static" and calibration is not None:
+        raise CompileError("calibration data is only used with precision='int8-static'")
     if precision == "fp32":
-        if calibration is not None:
-            raise CompileError("calibration data is only used with precision='int8-static'")
         return proto, None
     if precision in ("fp16", "bf16"):
         features = set(_host_info().get("cpu_features", []))
@@ -369,7 +377,10 @@ def _apply_precision(
             )
         raise CompileError(f"precision {precision!r} is not implemented yet; use 'fp32'")
     if precision == "int8-weight":
-        raise CompileError("precision 'int8-weight' is not implemented yet; use 'int8-static'")
+        from ..quantize import quantize_weight_only
+
+        say("[ember] quantizing weights to int8 (per output channel, symmetric)")
+        return quantize_weight_only(proto), {"method": "weight-only", "weight_bits": 8}
     from ..quantize import calibrate, quantize_static
     from ..quantize.calibrate import Calibration as _Calibration
     from .dispatch import host_needs_seven_bit_weights
@@ -401,12 +412,14 @@ def _precision_label(precision: str, library_stats: Mapping[str, Any]) -> str:
 def _quantization_record(
     quantization: dict[str, Any] | None, library_stats: Mapping[str, Any]
 ) -> dict[str, Any] | None:
-    """What int8-static did: calibration method and samples, calibrated activations, weight
-    bits, and how many library calls (over all buckets) run in int8."""
+    """What quantization did: for int8-static, calibration method and samples, calibrated
+    activations and weight bits; how many library calls (over all buckets) run in int8
+    (`int8_calls`) and how many take int8 weights into float compute (`int8_weight_calls`)."""
     if quantization is None:
         return None
     calls = int(library_stats.get("matmul_q8", 0)) + int(library_stats.get("conv2d_q8", 0))
-    return {**quantization, "int8_calls": calls}
+    weight_calls = int(library_stats.get("matmul_w8", 0)) + int(library_stats.get("conv2d_w8", 0))
+    return {**quantization, "int8_calls": calls, "int8_weight_calls": weight_calls}
 
 
 def _ember_version() -> str:
@@ -526,7 +539,7 @@ def _build_library(
         tmp_lib = Path(tmp) / LIBRARY_FILE
         try:
             with _stderr_to(log):  # export_library prints "Scope Saving" noise on fd 2
-                executable.export_library(str(tmp_lib))
+                executable.export_library(str(tmp_lib), options=_LINK_OPTIONS)
         except Exception as exc:
             detail = log.read_text(errors="replace")[-2000:]
             raise CompileError(f"linking the compiled library failed: {exc}\n{detail}") from exc

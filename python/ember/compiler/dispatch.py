@@ -39,6 +39,7 @@ class _Fusion:
     q8: _Int8Operands | None = None  # matmul_q8 only
     consumed: list[Any] = field(default_factory=list)  # QDQ vars only this call used
     conv_q8: _Int8Conv | None = None  # a conv2d whose weights came from QDQ int8 weights
+    w8: _WeightOnly | None = None  # a float conv2d/matmul whose constant weights are int8 only
 
 
 @dataclass
@@ -51,6 +52,17 @@ class _Int8Conv:
     weights: np.ndarray  # int8 OHWI
     scales: np.ndarray  # float32 [O]
     a_scale: float
+
+
+@dataclass
+class _WeightOnly:
+    """Weight-only int8: a constant weight that reached the graph as dequantize(int8, scales) with
+    float activations. The float op goes on with the exactly dequantized weights, found again by
+    their content (weight id); the kernel gets the int8 weights in the same layout and their
+    per-output-channel scales, and dequantizes them once, when it prepacks them."""
+
+    weights: np.ndarray  # int8, in the layout the kernel takes: [K, N] or OHWI
+    scales: np.ndarray  # float32, one per output channel (N or O)
 
 
 @dataclass
@@ -101,12 +113,17 @@ class _Planner:
     into float)."""
 
     def __init__(
-        self, func: Any, qdq: bool = False, int8_convs: dict[int, _Int8Conv] | None = None
+        self,
+        func: Any,
+        qdq: bool = False,
+        int8_convs: dict[int, _Int8Conv] | None = None,
+        weight_only: dict[int, _WeightOnly] | None = None,
     ) -> None:
         from tvm import relax
 
         self.qdq = qdq
         self.int8_convs = int8_convs if int8_convs is not None else {}
+        self.weight_only = weight_only if weight_only is not None else {}
         self.values: dict[Any, Any] = {}
         self.users: dict[Any, list[Any]] = {}
         self.taken: set[Any] = set()  # vars already inside a fusion
@@ -174,7 +191,14 @@ class _Planner:
                 or len(attrs.padding) != 4
             ):
                 return None
-            return _Fusion("conv2d", value, [var], conv_q8=self.int8_convs.get(_weight_id(w)))
+            wid = _weight_id(w)
+            return _Fusion(
+                "conv2d",
+                value,
+                [var],
+                conv_q8=self.int8_convs.get(wid),
+                w8=self.weight_only.get(wid),
+            )
         if _op(value, "relax.matmul"):
             a_type, b_type = _tensor_type(value.args[0]), _tensor_type(value.args[1])
             out_type = _tensor_type(var)
@@ -187,7 +211,9 @@ class _Planner:
                 or len(b_type[0]) < 2
             ):
                 return None
-            return _Fusion("matmul", value, [var])
+            b = _const(value.args[1])
+            w8 = self.weight_only.get(_weight_id(b)) if b is not None and b.ndim == 2 else None
+            return _Fusion("matmul", value, [var], w8=w8)
         return None
 
     def _qdq_matmul(self, var: Any, value: Any) -> _Fusion | None:
@@ -385,6 +411,8 @@ def _library_call(f: _Fusion, out_var: Any) -> Any:
     act, alpha, beta = f.activation
     if f.kind == "conv2d" and f.conv_q8 is not None:
         return _int8_conv_call(f, f.conv_q8, out_var)
+    if f.w8 is not None:
+        return _weight_only_call(f, f.w8, out_var)
     if f.kind == "conv2d":
         w = _const(f.anchor.args[1])
         assert w is not None
@@ -429,6 +457,27 @@ def _int8_matmul_call(f: _Fusion, q: _Int8Operands, out_var: Any) -> Any:
         _prim(beta),
     ]
     return relax.call_dps_packed("ember.dnnl.matmul_q8", args, out_ty=out_var.ty)
+
+
+def _weight_only_call(f: _Fusion, w8: _WeightOnly, out_var: Any) -> Any:
+    """ember.dnnl.conv2d_w8 / matmul_w8: the float call's arguments, with the int8 weights and
+    their scales in place of the float weights."""
+    from tvm import relax
+
+    x = f.anchor.args[0]
+    bias = relax.const(f.bias) if f.bias is not None else x
+    residual = f.residual if f.residual is not None else x
+    act, alpha, beta = f.activation
+    if f.kind == "conv2d":
+        ints = _conv_ints(f, _weight_id(w8.weights))
+        name = "ember.dnnl.conv2d_w8"
+    else:
+        ints = [1, int(f.bias is not None), int(f.residual is not None), act]
+        ints.append(_weight_id(w8.weights))
+        name = "ember.dnnl.matmul_w8"
+    weights = [relax.const(w8.weights), relax.const(w8.scales)]
+    args = [x, *weights, bias, residual, *map(_prim, ints), _prim(alpha), _prim(beta)]
+    return relax.call_dps_packed(name, args, out_ty=out_var.ty)
 
 
 def _conv_ints(f: _Fusion, weight_id: int) -> list[int]:
@@ -541,6 +590,55 @@ def _unwrap_qdq_convs(func: Any, int8_convs: dict[int, _Int8Conv]) -> Any:
     return Rewriter().visit_expr(func)
 
 
+def _unwrap_weight_dequantize(func: Any, weight_only: dict[int, _WeightOnly]) -> Any:
+    """dequantize(W int8, scales, 0) of a constant becomes the float constant W * scales (what
+    folding would make of it), and the int8 form is remembered in `weight_only` under the weight
+    id that constant will have where a kernel takes it: [K, N] for a matmul (per-column or
+    per-tensor scales), OHWI for a conv's OIHW weights (per-output-channel or per-tensor). What
+    `_rewrite(qdq=True)` and `_unwrap_qdq_convs` did not take (weight-only int8) is left here."""
+    from tvm import relax
+
+    planner = _Planner(func)
+    replacements: dict[Any, Any] = {}
+    for var, value in planner.values.items():
+        if not _op(value, "relax.dequantize"):
+            continue
+        w, scale, zero = (_const(x) for x in value.args)
+        if w is None or scale is None or zero is None or w.dtype != np.int8 or np.any(zero != 0):
+            continue
+        axis = int(value.attrs.axis) % w.ndim if w.ndim else 0
+        out_axis = {2: 1, 4: 0}.get(w.ndim)
+        if out_axis is None or scale.size not in (1, w.shape[out_axis]):
+            continue
+        if scale.size > 1 and axis != out_axis:
+            continue
+        channels = w.shape[out_axis]
+        scales = np.broadcast_to(scale.astype(np.float32).reshape(-1), (channels,)).copy()
+        shape = [1] * w.ndim
+        shape[out_axis] = channels
+        dequantized = (w.astype(np.float32) * scales.reshape(shape)).astype(np.float32)
+        if w.ndim == 4:  # OIHW -> the OHWI the conv kernels take after layout conversion
+            kernel_w = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+            key = np.ascontiguousarray(dequantized.transpose(0, 2, 3, 1))
+        else:
+            kernel_w, key = np.ascontiguousarray(w), dequantized
+        weight_only[_weight_id(key)] = _WeightOnly(kernel_w, scales)
+        replacements[var] = relax.const(dequantized)
+    if not replacements:
+        return func
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_var_binding_(self, binding: Any) -> None:
+            new = replacements.get(binding.var)
+            if new is None:
+                super().visit_var_binding_(binding)
+                return
+            self.builder_.emit_normalized(relax.VarBinding(binding.var, new))
+
+    return Rewriter().visit_expr(func)
+
+
 def host_needs_seven_bit_weights() -> bool:
     """x86 without VNNI saturates u8 x s8 products beyond 7-bit weights (see dnnl_kernels.cc)."""
     from .. import _core
@@ -573,6 +671,7 @@ def _describe(fusions: Sequence[_Fusion]) -> dict[str, int]:
     stats: dict[str, int] = {}
     for f in fusions:
         parts = ["conv2d_q8" if f.conv_q8 is not None else f.kind]
+        parts += [f"{f.kind}_w8"] if f.w8 is not None and f.conv_q8 is None else []
         parts += ["nchw8c"] if f.kind == "conv2d" and _is_blocked(f.anchor) else []
         parts += ["bias"] if f.bias is not None else []
         parts += ["residual"] if f.residual is not None else []
@@ -583,11 +682,14 @@ def _describe(fusions: Sequence[_Fusion]) -> dict[str, int]:
 
 
 def _rewrite(
-    func: Any, qdq: bool = False, int8_convs: dict[int, _Int8Conv] | None = None
+    func: Any,
+    qdq: bool = False,
+    int8_convs: dict[int, _Int8Conv] | None = None,
+    weight_only: dict[int, _WeightOnly] | None = None,
 ) -> tuple[Any, list[_Fusion]]:
     from tvm import relax
 
-    fusions = _Planner(func, qdq, int8_convs).plan()
+    fusions = _Planner(func, qdq, int8_convs, weight_only).plan()
     if not fusions:
         return func, []
     by_output = {f.members[-1]: f for f in fusions}
@@ -732,11 +834,13 @@ def dispatch_to_dnnl(mod: Any, conv_layout: str = "auto") -> tuple[Any, dict[str
 
     fusions: list[_Fusion] = []
     int8_convs: dict[int, _Int8Conv] = {}
+    weight_only: dict[int, _WeightOnly] = {}
     for gv, func in list(mod.functions_items()):  # int8 QDQ ops, before folding loses them
         if isinstance(func, relax.Function):
             mod[gv], found = _rewrite(func, qdq=True)
             fusions += found
             mod[gv] = _unwrap_qdq_convs(mod[gv], int8_convs)
+            mod[gv] = _unwrap_weight_dequantize(mod[gv], weight_only)
     mod = _clip_as_relax_ops(relax.transform.FoldConstant()(mod))
     if int8_convs:
         # oneDNN's int8 convs are optimized for NHWC only (nChw8c uint8 falls back to its
@@ -750,7 +854,7 @@ def dispatch_to_dnnl(mod: Any, conv_layout: str = "auto") -> tuple[Any, dict[str
     mod = relax.transform.FoldConstant()(_convert_conv_layouts(mod, layout))
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
-            mod[gv], found = _rewrite(func, int8_convs=int8_convs)
+            mod[gv], found = _rewrite(func, int8_convs=int8_convs, weight_only=weight_only)
             fusions += found
     return mod, {"conv_layout": layout, "calls": len(fusions), **_describe(fusions)}
 
@@ -763,5 +867,7 @@ def dispatched_kernels(mod: Any) -> Sequence[str]:
         "ember.dnnl.matmul",
         "ember.dnnl.matmul_q8",
         "ember.dnnl.conv2d_q8",
+        "ember.dnnl.matmul_w8",
+        "ember.dnnl.conv2d_w8",
     )
     return [name for name in names if f'"{name}"' in text]

@@ -1,4 +1,6 @@
-"""Quantization: calibration of activation ranges (more to come: int8 weights and kernels).
+"""Quantization: int8 weight-only and static int8 (calibrated activations) as ONNX QDQ, which
+ember's compiler runs on int8 kernels, and `quantize`, which reports each method against fp32 and
+gates the result.
 
 from ember.quantize import calibrate
 ranges = calibrate("model.onnx", samples, method="entropy").ranges
@@ -13,11 +15,18 @@ from .calibrate import (
     calibrate,
     quantized_activations,
 )
-from .gate import MethodResult, QuantizationRejectedError, QuantizationReport, quantize
-from .qdq import activation_params, quantize_static, quantize_weights
+from .gate import (
+    QUANTIZE_METHODS,
+    MethodResult,
+    QuantizationRejectedError,
+    QuantizationReport,
+    quantize,
+)
+from .qdq import activation_params, quantize_static, quantize_weight_only, quantize_weights
 
 __all__ = [
     "METHODS",
+    "QUANTIZE_METHODS",
     "Calibration",
     "MethodResult",
     "QuantizationRejectedError",
@@ -27,6 +36,7 @@ __all__ = [
     "calibrate",
     "quantize",
     "quantize_static",
+    "quantize_weight_only",
     "quantize_weights",
     "quantized_activations",
 ]

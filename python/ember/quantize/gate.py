@@ -1,5 +1,6 @@
-"""`ember.quantize.quantize`: try calibration methods, measure each against fp32 on held-out data,
-keep the best one that passes the gate, and refuse to ship one that does not.
+"""`ember.quantize.quantize`: try quantization methods (int8-static with each calibration method,
+and int8 weight-only), measure each against fp32 on held-out data, keep the best one that passes
+the gate, and refuse to ship one that does not.
 
 For each method the int8 artifact is compiled and compared with the fp32 artifact on the
 evaluation inputs: accuracy when labels are given, otherwise output error (max / mean absolute
@@ -26,6 +27,10 @@ import onnx
 from ..artifact import MANIFEST_FILE, Artifact, write_checksums
 from ..errors import CompileError, EmberError
 from .calibrate import METHODS, calibrate
+
+WEIGHT_ONLY = "weight-only"
+# What `quantize` can try: int8-static with each calibration method, then int8 weight-only.
+QUANTIZE_METHODS = (*METHODS, WEIGHT_ONLY)
 
 
 class QuantizationRejectedError(EmberError):
@@ -103,8 +108,10 @@ def quantize(
     input_shapes: Mapping[str, Sequence[int | None]] | None = None,
     repeats: int = 10,
 ) -> tuple[Artifact, QuantizationReport]:
-    """Quantize `model` to int8-static with `method` ("auto" tries every calibration method) and
-    return the artifact of the best method that passes the gate, with the report.
+    """Quantize `model` with `method` -- a calibration method for int8-static, or "weight-only"
+    for int8 weights with float compute (smaller, not faster); "auto" tries them all -- and
+    return the artifact of the best method that passes the gate (the smallest accuracy drop,
+    then the highest cosine, then the fastest), with the report.
 
     evaluation: held-out inputs (never the calibration data), all rows in one dict; labels: their
     classes, to gate on accuracy (argmax of the first output), else the gate uses top-1
@@ -114,9 +121,9 @@ def quantize(
     from ..compiler import compile as compile_model
     from ..model import Model
 
-    methods = list(METHODS) if method == "auto" else [method]
-    if any(m not in METHODS for m in methods):
-        raise CompileError(f"method must be 'auto' or one of {METHODS}, got {method!r}")
+    methods = list(QUANTIZE_METHODS) if method == "auto" else [method]
+    if any(m not in QUANTIZE_METHODS for m in methods):
+        raise CompileError(f"method must be 'auto' or one of {QUANTIZE_METHODS}, got {method!r}")
     samples = list(calibration)
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
     out = Path(output)
@@ -140,12 +147,15 @@ def quantize(
         )
         models = {}
         for name in methods:
-            calibrated = calibrate(proto, samples, method=name)  # type: ignore[arg-type]
+            if name == WEIGHT_ONLY:
+                precision: dict[str, Any] = {"precision": "int8-weight"}
+            else:
+                calibrated = calibrate(proto, samples, method=name)  # type: ignore[arg-type]
+                precision = {"precision": "int8-static", "calibration": calibrated}
             artifact = compile_model(
                 proto,
                 output=work / name,
-                precision="int8-static",
-                calibration=calibrated,
+                **precision,
                 **common,  # type: ignore[arg-type]
             )
             int8 = Model(artifact.path)

@@ -11,6 +11,8 @@ saturate in the int8 instructions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -62,7 +64,7 @@ def quantize_static(
         )
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    _gemms_as_matmuls(out, calibration)
+    _gemms_as_matmuls(out, lambda x: x in calibration.ranges)
     graph = out.graph
     weights = {t.name: t for t in graph.initializer}
     dequantized: dict[str, str] = {}  # activation -> its QDQ output, shared by every user
@@ -121,10 +123,63 @@ def quantize_static(
     return _sorted(out)
 
 
-def _gemms_as_matmuls(model: onnx.ModelProto, calibration: Calibration) -> None:
-    """Rewrites, in place, each Gemm with a calibrated input, a constant 2-d float B, alpha 1
-    and no transA into MatMul(A, B as [K, N]) followed by Add(beta * C) when it has a C, so that
-    the MatMul path quantizes it (fully connected layers are exported as Gemm)."""
+def quantize_weight_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose MatMul and Conv weights (constant float, 2-d [K, N] and 4-d
+    [O, C, KH, KW]) are symmetric 8-bit int8 per output channel behind DequantizeLinear, with
+    float activations; Gemms become MatMul + Add first. Weights shared by several nodes are
+    quantized once. ember's kernels take the int8 weights and dequantize them once, at prepack."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise CompileError(
+            f"int8 quantization needs ONNX opset >= {MIN_OPSET} (per-channel DequantizeLinear); "
+            f"the model has opset {opset}: convert it with onnx.version_converter first"
+        )
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    _gemms_as_matmuls(out, lambda _: True)
+    graph = out.graph
+    weights = {t.name: t for t in graph.initializer}
+    dequantized: dict[str, str] = {}  # float weight -> its DequantizeLinear output
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    for node in graph.node:
+        w = weights.get(node.input[1]) if len(node.input) > 1 else None
+        axis = None
+        if w is not None and w.data_type == TensorProto.FLOAT:
+            axis = {("MatMul", 2): 1, ("Conv", 4): 0}.get((node.op_type, len(w.dims)))
+        if w is not None and axis is not None:
+            if w.name not in dequantized:
+                q, scales = quantize_weights(numpy_helper.to_array(w), 127, axis)
+                stem = f"{w.name}__ember_w8"
+                new_inits += [
+                    numpy_helper.from_array(q, f"{stem}_int8"),
+                    numpy_helper.from_array(scales, f"{stem}_scale"),
+                    numpy_helper.from_array(np.zeros(scales.shape, np.int8), f"{stem}_zero"),
+                ]
+                new_nodes.append(
+                    helper.make_node(
+                        "DequantizeLinear",
+                        [f"{stem}_int8", f"{stem}_scale", f"{stem}_zero"],
+                        [f"{stem}_dq"],
+                        axis=axis,
+                    )
+                )
+                dequantized[w.name] = f"{stem}_dq"
+            node.input[1] = dequantized[w.name]
+        new_nodes.append(node)
+    still_used = {i for n in new_nodes for i in n.input}
+    kept = [t for t in graph.initializer if t.name not in dequantized or t.name in still_used]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    return _sorted(out)
+
+
+def _gemms_as_matmuls(model: onnx.ModelProto, eligible: Callable[[str], bool]) -> None:
+    """Rewrites, in place, each Gemm whose input A is `eligible`, with a constant 2-d float B,
+    alpha 1 and no transA into MatMul(A, B as [K, N]) followed by Add(beta * C) when it has a C,
+    so that the MatMul path quantizes it (fully connected layers are exported as Gemm)."""
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
     nodes: list[onnx.NodeProto] = []
@@ -133,7 +188,7 @@ def _gemms_as_matmuls(model: onnx.ModelProto, calibration: Calibration) -> None:
         b = weights.get(node.input[1]) if node.op_type == "Gemm" else None
         if (
             b is None
-            or node.input[0] not in calibration.ranges
+            or not eligible(node.input[0])
             or b.data_type != TensorProto.FLOAT
             or len(b.dims) != 2
             or attrs.get("alpha", 1.0) != 1.0
