@@ -280,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train, compile and serve the digits model; compare with ORT")
     p.add_argument("--workdir", default=None, help="where to write the model and artifact")
     p.set_defaults(func=_cmd_demo)
+
+    from .registry.cli import add_registry_parser  # imported here: `import ember.cli` stays light
+
+    add_registry_parser(sub)
     return parser
 
 
