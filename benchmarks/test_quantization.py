@@ -13,4 +13,5 @@ def test_quantization_script_runs_on_the_digits_mlp(capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "| digits_mlp |" in out
     assert "ember int8: acc 0.98" in out  # fp32 is 0.9822 on the held-out split
+    assert "ember int8-weight: acc 0.98" in out
     assert "'matmul_q8': 8" in out  # both MatMuls at each of the 4 buckets ran in int8
