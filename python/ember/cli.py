@@ -202,6 +202,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.lifecycle:
+        from .lifecycle_demo import run_lifecycle_demo
+
+        return run_lifecycle_demo(args.workdir)
     from .demo import run_demo
 
     return run_demo(args.workdir)
@@ -279,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train, compile and serve the digits model; compare with ORT")
     p.add_argument("--workdir", default=None, help="where to write the model and artifact")
+    p.add_argument(
+        "--lifecycle",
+        action="store_true",
+        help="the operating loop instead: registry, canary, drift, retraining, rollback",
+    )
     p.set_defaults(func=_cmd_demo)
 
     from .registry.cli import add_registry_parser  # imported here: `import ember.cli` stays light

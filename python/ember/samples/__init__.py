@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import onnx
 
-from .digits import DigitsData, digits_cnn, digits_mlp, load_digits_split
+from .digits import DigitsData, digits_cnn, digits_mlp, load_digits_split, train_digits_mlp
 from .zoo import bert_encoder, mobilenet, resnet18
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "load_digits_split",
     "mobilenet",
     "resnet18",
+    "train_digits_mlp",
 ]
 
 

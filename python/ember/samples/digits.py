@@ -15,7 +15,14 @@ from threadpoolctl import threadpool_limits
 
 from .zoo import GraphBuilder, flatten_via_shape
 
-__all__ = ["DigitsData", "digits_cnn", "digits_mlp", "load_digits_split", "onnx_accuracy"]
+__all__ = [
+    "DigitsData",
+    "digits_cnn",
+    "digits_mlp",
+    "load_digits_split",
+    "onnx_accuracy",
+    "train_digits_mlp",
+]
 
 
 @dataclass(frozen=True)
@@ -56,27 +63,33 @@ def digits_mlp(seed: int = 0) -> tuple[onnx.ModelProto, float]:
 
     Returns the model (input `x` [batch, 64], output `logits` [batch, 10]) and held-out accuracy.
     """
+    data = load_digits_split(seed)
+    model = train_digits_mlp(data.x_train, data.y_train, seed)
+    return model, onnx_accuracy(model, data.x_test, data.y_test)
+
+
+def train_digits_mlp(x: np.ndarray, y: np.ndarray, seed: int = 0) -> onnx.ModelProto:
+    """Trains the 64-128-10 MLP on rows `x` [n, 64] with labels `y` and exports it to ONNX (what
+    a retraining hook does with recent data)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    data = load_digits_split(seed)
     clf = MLPClassifier(
         hidden_layer_sizes=(128,), activation="relu", max_iter=400, random_state=seed
     )
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         # Adam converges in ~260 epochs; should it stop at max_iter, the accuracy still tells.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(data.x_train, data.y_train)
+        clf.fit(x, y)
 
     g = GraphBuilder("digits_mlp")
-    x = g.input("x", ["batch", 64])
-    h = g.op("MatMul", x, g.weight("fc1.weight", clf.coefs_[0]))
+    xin = g.input("x", ["batch", 64])
+    h = g.op("MatMul", xin, g.weight("fc1.weight", clf.coefs_[0]))
     h = g.op("Relu", g.op("Add", h, g.weight("fc1.bias", clf.intercepts_[0])))
     h = g.op("MatMul", h, g.weight("fc2.weight", clf.coefs_[1]))
     g.op("Add", h, g.weight("fc2.bias", clf.intercepts_[1]), out="logits")
     g.output("logits", ["batch", 10])
-    model = g.build()
-    return model, onnx_accuracy(model, data.x_test, data.y_test)
+    return g.build()
 
 
 # Digits CNN: Conv(1->16) Relu Conv(16->32) Relu MaxPool2 Flatten Linear(512->64) Relu
