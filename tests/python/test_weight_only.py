@@ -149,7 +149,7 @@ def test_digits_models_keep_their_held_out_accuracy(tmp_path: Path, sample: str)
         )
         accuracy[label] = float((logits.argmax(1) == split.y_test).mean())
     assert accuracy["w8"] >= accuracy["fp32"] - 0.005, accuracy
-    # Smaller, though code and metadata keep small models above 0.3x (see benchmarks/README).
+    # Smaller, though code and metadata keep small models above 0.3x (see README.md, Quantization).
     assert library_bytes(w8) < 0.6 * library_bytes(fp32)
 
 
