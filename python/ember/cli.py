@@ -201,6 +201,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from .compiler.targets import PRESETS
+
+    if args.json:
+        print(json.dumps({name: vars(p) for name, p in PRESETS.items()}, indent=2))
+        return 0
+    rows = [("target", "what", "build machine needs", "device needs")]
+    rows += [(p.name, p.description, p.build_needs, p.device_needs) for p in PRESETS.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    example = json.dumps({"kind": "llvm", "mcpu": "znver3"})
+    print(f"\nOr any TVM target dict as JSON, e.g. --target '{example}'.")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.lifecycle:
         from .lifecycle_demo import run_lifecycle_demo
@@ -280,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true", help="print the raw manifest")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("targets", help="list the compile targets and what each needs")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+    p.set_defaults(func=_cmd_targets)
 
     p = sub.add_parser("demo", help="train, compile and serve the digits model; compare with ORT")
     p.add_argument("--workdir", default=None, help="where to write the model and artifact")

@@ -177,7 +177,8 @@ def test_unsupported_operator_names_node_op_and_opset(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        ("tpu", "unknown target 'tpu'; known targets: cpu"),
+        ("tpu", "unknown target 'tpu'; known targets: aarch64, cpu, cuda, jetson-orin-cpu"),
+        ("cuda-sm_12", "unknown CUDA arch 'sm_12'"),
         ({"kind": "no-such-kind"}, "invalid TVM target"),
         (42, "target must be a name or a TVM target dict"),
     ],

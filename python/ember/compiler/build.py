@@ -433,6 +433,10 @@ def _choose_kernel_library(requested: str | None, target: Target) -> str | None:
         return None
     if requested not in ("auto", "dnnl"):
         raise CompileError(f"kernel_library must be 'auto', 'dnnl' or None, got {requested!r}")
+    if target.kind == "cuda":
+        if requested == "dnnl":
+            raise CompileError("oneDNN is a CPU kernel library; CUDA targets do not use it")
+        return None
     if target.arch == "x86_64":
         return "dnnl"
     if requested == "dnnl":
@@ -451,15 +455,36 @@ def _validate_buckets(batch_sizes: Sequence[int] | None) -> list[int]:
     return buckets
 
 
-def _check_host_can_build(target: Target) -> None:
-    """The compiled library is linked here with the host toolchain: refuse foreign architectures
-    until cross-compilation lands, rather than writing an artifact that cannot be linked."""
+# Cross compilers for the architectures ember can build for from another host.
+CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-g++"}
+
+
+def _cross_compiler(target: Target) -> str | None:
+    """The C++ compiler that links the library for `target`: None for the host toolchain, else
+    the cross compiler, which must be installed (clear error naming the package otherwise)."""
     from .. import _core
 
-    if target.arch != _core.host_arch():
+    if target.arch == _core.host_arch():
+        return None
+    compiler = CROSS_COMPILERS.get(target.arch)
+    if compiler is None:
         raise CompileError(
-            f"cross-compiling for {target.arch} from {_core.host_arch()} is not supported yet"
+            f"cannot build for {target.arch} on {_core.host_arch()}: no cross toolchain known "
+            f"(cross-compiling supports {', '.join(CROSS_COMPILERS)})"
         )
+    if shutil.which(compiler) is None:
+        raise CompileError(
+            f"building for {target.name} ({target.arch}) on {_core.host_arch()} needs the cross "
+            f"compiler {compiler}: apt-get install g++-{compiler.removesuffix('-g++')}"
+        )
+    return compiler
+
+
+def _check_host_can_build(target: Target) -> None:
+    """The compiled library is linked with the host toolchain or a cross compiler: check the
+    one needed is there before spending minutes on compilation."""
+    if target.kind == "llvm":
+        _cross_compiler(target)
 
 
 def _output_specs(
@@ -537,9 +562,15 @@ def _build_library(
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "export.log"
         tmp_lib = Path(tmp) / LIBRARY_FILE
+        cross = _cross_compiler(target)
+        link: dict[str, Any] = {"options": _LINK_OPTIONS}
+        if cross is not None:
+            from tvm.support import cc
+
+            link = {"fcompile": cc.cross_compiler(cross, options=_LINK_OPTIONS)}
         try:
             with _stderr_to(log):  # export_library prints "Scope Saving" noise on fd 2
-                executable.export_library(str(tmp_lib), options=_LINK_OPTIONS)
+                executable.export_library(str(tmp_lib), **link)
         except Exception as exc:
             detail = log.read_text(errors="replace")[-2000:]
             raise CompileError(f"linking the compiled library failed: {exc}\n{detail}") from exc

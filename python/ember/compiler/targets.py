@@ -70,23 +70,133 @@ def _required_features(tvm_target: Any, arch: str) -> tuple[str, ...]:
     return tuple(sorted(table[f] for f in enabled if f in table))
 
 
-TARGETS: dict[str, str] = {
-    "cpu": "this machine's CPU (LLVM, its own mcpu and ISA extensions)",
+@dataclass(frozen=True)
+class TargetPreset:
+    """A named target: its TVM target dict (None: this machine's CPU), what it is, and what the
+    build machine and the device need."""
+
+    name: str
+    description: str
+    tvm: dict[str, Any] | None
+    build_needs: str
+    device_needs: str
+
+
+_AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+_CROSS = "g++-aarch64-linux-gnu (apt), unless building on aarch64"
+_EDGE_DEVICE = "aarch64 Linux; the ember-run bundle (tools/build_aarch64_bundle.sh) or ember"
+CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
+_CUDA_BUILD = "nvcc (CUDA toolkit, or pip nvidia-cuda-nvcc-cu12); no GPU needed"
+
+PRESETS: dict[str, TargetPreset] = {
+    p.name: p
+    for p in (
+        TargetPreset("cpu", "this machine's CPU (its own mcpu and ISA extensions)", None, "-", "-"),
+        TargetPreset(
+            "x86-avx2",
+            "x86-64 with AVX2 + FMA (Haswell, Zen and later)",
+            {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"},
+            "x86-64 Linux",
+            "x86-64 CPU with avx2, fma",
+        ),
+        TargetPreset(
+            "x86-avx512",
+            "x86-64 with AVX-512 (Skylake-SP, Ice Lake, Zen 4 and later)",
+            {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"},
+            "x86-64 Linux",
+            "x86-64 CPU with avx512f/bw/dq/vl",
+        ),
+        TargetPreset("aarch64", "generic 64-bit ARM with NEON", _AARCH64, _CROSS, _EDGE_DEVICE),
+        TargetPreset(
+            "rpi4",
+            "Raspberry Pi 4 (Cortex-A72)",
+            {**_AARCH64, "mcpu": "cortex-a72"},
+            _CROSS,
+            _EDGE_DEVICE,
+        ),
+        TargetPreset(
+            "rpi5",
+            "Raspberry Pi 5 (Cortex-A76)",
+            {**_AARCH64, "mcpu": "cortex-a76"},
+            _CROSS,
+            _EDGE_DEVICE,
+        ),
+        TargetPreset(
+            "jetson-orin-cpu",
+            "NVIDIA Jetson Orin's CPU (Cortex-A78AE)",
+            {**_AARCH64, "mcpu": "cortex-a78ae"},
+            _CROSS,
+            _EDGE_DEVICE,
+        ),
+        TargetPreset(
+            "cuda",
+            "NVIDIA GPU; arch from this machine's GPU, or name it: cuda-sm_80 (75/80/86/89/90)",
+            {"kind": "cuda"},
+            _CUDA_BUILD,
+            "NVIDIA GPU of that arch or newer, driver (libcuda), CUDA runtime",
+        ),
+    )
 }
+
+# Name -> description, for error messages and `ember targets`.
+TARGETS: dict[str, str] = {name: p.description for name, p in PRESETS.items()}
+
+
+def _cuda_target_dict(name: str) -> dict[str, Any]:
+    """`cuda` (the arch of this machine's first GPU) or `cuda-sm_XX`, with the host as the
+    target of the host-side code."""
+    arch = name.partition("-")[2] or _detected_cuda_arch()
+    if arch not in CUDA_ARCHS:
+        raise UnknownTargetError(
+            f"unknown CUDA arch '{arch}' in target '{name}'; known: {', '.join(CUDA_ARCHS)} "
+            "(e.g. 'cuda-sm_80')"
+        )
+    return {"kind": "cuda", "arch": arch, "host": _host_target_dict()}
+
+
+def _detected_cuda_arch() -> str:
+    """sm_XY of the first GPU nvidia-smi reports; a clear error when there is none."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is not None:
+        try:
+            text = subprocess.run(
+                [smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            ).stdout
+            major, _, minor = text.splitlines()[0].strip().partition(".")
+            return f"sm_{int(major)}{int(minor)}"
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            pass
+    raise UnknownTargetError(
+        "target 'cuda' takes its arch from this machine's GPU, and there is none (no working "
+        f"nvidia-smi); name the arch instead: {', '.join('cuda-' + a for a in CUDA_ARCHS)}"
+    )
 
 
 def resolve_target(target: str | Mapping[str, Any]) -> Target:
-    """Resolve a target name from TARGETS or a raw TVM target dict; errors list the known names."""
+    """Resolve a target name from TARGETS (or `cuda-sm_XX`) or a raw TVM target dict; errors
+    list the known names."""
     import tvm
 
     if isinstance(target, str):
-        if target not in TARGETS:
+        if target.startswith("cuda"):
+            name, tvm_dict = target, _cuda_target_dict(target)
+        elif target in PRESETS:
+            preset = PRESETS[target]
+            name = target
+            tvm_dict = dict(preset.tvm) if preset.tvm is not None else _host_target_dict()
+        else:
             known = ", ".join(sorted(TARGETS))
             raise UnknownTargetError(
                 f"unknown target '{target}'; known targets: {known}, or a TVM target dict such "
                 f"as {{'kind': 'llvm', 'mcpu': 'skylake-avx512'}}"
             )
-        name, tvm_dict = target, _host_target_dict()
     elif isinstance(target, Mapping):
         tvm_dict = dict(target)
         name = str(tvm_dict.get("kind", "?"))
@@ -97,10 +207,14 @@ def resolve_target(target: str | Mapping[str, Any]) -> Target:
     except Exception as exc:  # TVM raises its own error types for bad dicts
         raise UnknownTargetError(f"invalid TVM target {tvm_dict!r}: {exc}") from exc
     kind = str(tvm_target.kind.name)
-    if kind != "llvm":
-        raise UnknownTargetError(f"target kind '{kind}' is not supported yet (only 'llvm' CPUs)")
     from tvm.target import codegen
 
+    if kind == "cuda":
+        host = tvm_dict.get("host") or _host_target_dict()
+        triple = str(host.get("mtriple") or codegen.llvm_get_system_triple())
+        return Target(name, {**tvm_dict, "host": host}, kind, _arch_of_triple(triple))
+    if kind != "llvm":
+        raise UnknownTargetError(f"target kind '{kind}' is not supported (llvm CPUs and cuda)")
     triple = str(tvm_dict.get("mtriple") or codegen.llvm_get_system_triple())
     arch = _arch_of_triple(triple)
     return Target(name, tvm_dict, kind, arch, _required_features(tvm_target, arch))
