@@ -100,7 +100,9 @@ def run_lifecycle_demo(workdir: str | os.PathLike[str] | None = None) -> int:
             breach_windows=2,
             max_disagreement=0.35,
             compare_fraction=1.0,
-            max_p99_ratio=10.0,
+            # Generous: a window's p99 over 40 sub-millisecond requests is one outlier on a
+            # shared machine; the broken export is caught by disagreement.
+            max_p99_ratio=25.0,
         ),
         cooldown_s=3600.0,
     )
