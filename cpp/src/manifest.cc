@@ -66,6 +66,56 @@ Result<std::vector<int64_t>> IntList(const json::Array& arr, const std::string& 
   return out;
 }
 
+Result<cuda::ComputeCapability> ArchField(const json::Object& obj, const std::string& key,
+                                          const std::string& prefix) {
+  EMBER_ASSIGN_OR_RETURN(std::string text, StringField(obj, key, "device."));
+  auto arch = cuda::ParseArch(text, prefix);
+  if (!arch.has_value()) {
+    return Status::InvalidArgument("manifest: field 'device." + key + "' must look like '" + prefix +
+                                   "80', got '" + text + "'");
+  }
+  return *arch;
+}
+
+// "device": {"kind": "cuda", "arch": "sm_80", "sass": ["sm_80", "sm_90"], "ptx": "compute_80",
+// "cuda_version": "13.5"}, required for target kind "cuda" (see compiler/cuda.py).
+Result<cuda::Requirements> ParseCudaDevice(const json::Object& root) {
+  auto it = root.find(Any(tvm::ffi::String("device")));
+  if (it == root.end()) {
+    return Status::InvalidArgument("manifest: target kind 'cuda' needs a 'device' entry naming its GPU code");
+  }
+  EMBER_ASSIGN_OR_RETURN(json::Object device, AsObject((*it).second, "device"));
+  EMBER_ASSIGN_OR_RETURN(std::string kind, StringField(device, "kind", "device."));
+  if (kind != "cuda") {
+    return Status::InvalidArgument("manifest: 'device.kind' must be 'cuda' for a cuda target, got '" +
+                                   kind + "'");
+  }
+  cuda::Requirements req;
+  EMBER_ASSIGN_OR_RETURN(req.arch, ArchField(device, "arch", "sm_"));
+  EMBER_ASSIGN_OR_RETURN(json::Array sass, ArrayField(device, "sass", "device."));
+  for (const Any& item : sass) {
+    auto text = item.try_cast<tvm::ffi::String>();
+    auto arch = text.has_value() ? cuda::ParseArch(std::string(*text), "sm_") : std::nullopt;
+    if (!arch.has_value()) return Status::InvalidArgument("manifest: 'device.sass' must hold 'sm_XX' strings");
+    req.sass.push_back(*arch);
+  }
+  EMBER_ASSIGN_OR_RETURN(Any ptx, Field(device, "ptx", "device."));
+  if (ptx != nullptr) {
+    EMBER_ASSIGN_OR_RETURN(req.ptx, ArchField(device, "ptx", "compute_"));
+  }
+  if (req.sass.empty() && !req.ptx.has_value()) {
+    return Status::InvalidArgument("manifest: 'device' lists no cubin ('sass') and no 'ptx'");
+  }
+  EMBER_ASSIGN_OR_RETURN(std::string version, StringField(device, "cuda_version", "device."));
+  auto parsed = cuda::ParseCudaVersion(version);
+  if (!parsed.has_value()) {
+    return Status::InvalidArgument("manifest: field 'device.cuda_version' must look like '13.5', got '" +
+                                   version + "'");
+  }
+  req.cuda_version = *parsed;
+  return req;
+}
+
 Result<std::vector<TensorSpec>> ParseSpecs(const json::Object& root, const std::string& key,
                                            bool batched) {
   EMBER_ASSIGN_OR_RETURN(json::Array arr, ArrayField(root, key));
@@ -174,6 +224,9 @@ Result<Manifest> ParseManifest(const std::string& json_text) {
       return Status::InvalidArgument("manifest: 'target.required_cpu_features' must hold strings");
     }
     m.required_cpu_features.emplace_back(*s);
+  }
+  if (m.target_kind == "cuda") {  // the GPU code a CUDA artifact holds
+    EMBER_ASSIGN_OR_RETURN(m.cuda, ParseCudaDevice(root));
   }
 
   EMBER_ASSIGN_OR_RETURN(Any versions_any, Field(root, "versions", ""));

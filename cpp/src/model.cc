@@ -20,6 +20,8 @@
 
 #include "ember/artifact.h"
 #include "ember/batch_plan.h"
+#include "ember/cuda.h"
+#include "ember/device_transfer.h"
 #include "ember/kernels/dnnl_kernels.h"
 #include "ember/parallel.h"
 
@@ -65,22 +67,51 @@ int MaxLanes() {
   return enabled ? omp_get_max_threads() : 1;
 }
 
+// Test aid: EMBER_TEST_DEVICE_COPIES=1 (read at each Load) runs CPU artifacts through the
+// device-copy path of CUDA artifacts with the CPU as the "device", so that machines without a GPU
+// test that path (staging, copies in and out, padding) end to end.
+bool TestDeviceCopies() {
+  const char* env = std::getenv("EMBER_TEST_DEVICE_COPIES");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
+
+using BufferKey = std::pair<int64_t, size_t>;  // (bucket, input or output index)
+
 // One VM instance with its functions and staging buffers. A VM is not thread-safe: a lane is
 // used by one thread at a time (the Run mutex, then the lane's own OpenMP thread).
 struct Lane {
   std::optional<ffi::Module> vm;
   std::map<int64_t, ffi::Function> functions;  // bucket (or 0 without buckets) -> VM function
   // Staging buffers for padded/split/unaligned inputs, per (bucket, input index); reused.
-  std::map<std::pair<int64_t, size_t>, AlignedBuffer> staging;
+  std::map<BufferKey, AlignedBuffer> staging;
+  // Device artifacts only (CUDA): input tensors on the device and host copies of the outputs,
+  // per (bucket, index); reused.
+  std::map<BufferKey, ffi::Tensor> device_inputs;
+  std::map<BufferKey, AlignedBuffer> output_staging;
 
-  Result<void*> Staging(int64_t bucket, size_t input, size_t nbytes) {
-    auto key = std::make_pair(bucket, input);
-    auto it = staging.find(key);
-    if (it == staging.end()) {
+  static Result<void*> Buffer(std::map<BufferKey, AlignedBuffer>& buffers, BufferKey key,
+                              size_t nbytes) {
+    auto it = buffers.find(key);
+    if (it == buffers.end()) {
       EMBER_ASSIGN_OR_RETURN(AlignedBuffer buffer, AllocateAligned(nbytes));
-      it = staging.emplace(key, std::move(buffer)).first;
+      it = buffers.emplace(key, std::move(buffer)).first;
     }
     return it->second.get();
+  }
+  Result<void*> Staging(int64_t bucket, size_t input, size_t nbytes) {
+    return Buffer(staging, {bucket, input}, nbytes);
+  }
+  Result<void*> OutputStaging(int64_t bucket, size_t output, size_t nbytes) {
+    return Buffer(output_staging, {bucket, output}, nbytes);
+  }
+  Result<ffi::Tensor> DeviceInput(const DeviceTransfer& transfer, int64_t bucket, size_t input,
+                                  const std::vector<int64_t>& shape, DLDataType dtype) {
+    auto it = device_inputs.find({bucket, input});
+    if (it == device_inputs.end()) {
+      EMBER_ASSIGN_OR_RETURN(ffi::Tensor tensor, transfer.Empty(shape, dtype));
+      it = device_inputs.emplace(BufferKey{bucket, input}, std::move(tensor)).first;
+    }
+    return it->second;
   }
 };
 
@@ -92,7 +123,12 @@ struct Model::Impl {
   std::optional<ffi::Module> library;  // set by Load(); the VMs keep functions from it alive
   std::vector<std::unique_ptr<Lane>> lanes;  // lanes[0] from Load(), more on first parallel run
   std::mutex run_mutex;  // guards lanes and their use
+  // Where the VMs keep tensors. CPU: inputs are passed in place and outputs read in place. Any
+  // other device (CUDA): `transfer` copies inputs there and outputs back to host memory.
+  DLDevice device{kDLCPU, 0};
+  std::optional<DeviceTransfer> transfer;
 
+  Status SetUpDevice();
   Result<std::unique_ptr<Lane>> NewLane();
   Result<std::vector<ffi::Tensor>> Invoke(Lane& lane, int64_t bucket, std::vector<ffi::Tensor> args);
   Status RunChunk(Lane& lane, const std::vector<TensorView>& inputs, const Chunk& chunk,
@@ -114,6 +150,8 @@ Result<std::unique_ptr<Model>> Model::Load(const std::string& artifact_dir) {
   auto impl = std::make_unique<Impl>();
   impl->dir = artifact_dir;
   EMBER_ASSIGN_OR_RETURN(impl->manifest, OpenArtifact(artifact_dir));
+  // Before the library loads: its CUDA kernels load through TVM's CUDA runtime.
+  EMBER_RETURN_IF_ERROR(impl->SetUpDevice());
   const std::string so_path = JoinPath(artifact_dir, impl->manifest.library);
   // Load a private, re-hashed copy: exactly the verified bytes, never a stale library the loader
   // already holds under the same path (e.g. an artifact recompiled in place).
@@ -131,6 +169,20 @@ Result<std::unique_ptr<Model>> Model::Load(const std::string& artifact_dir) {
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }
 
+Status Model::Impl::SetUpDevice() {
+  if (manifest.target_kind == "cuda") {
+    // OpenArtifact has checked that a GPU can run the code; this picks the same one.
+    EMBER_ASSIGN_OR_RETURN(int ordinal, cuda::SelectDevice(*manifest.cuda, cuda::ProbeHostGpus()));
+    EMBER_RETURN_IF_ERROR(cuda::LoadTvmCudaRuntime());
+    device = DLDevice{kDLCUDA, ordinal};
+  } else if (!TestDeviceCopies()) {
+    return Status::Ok();
+  }
+  EMBER_ASSIGN_OR_RETURN(DeviceTransfer created, DeviceTransfer::Create(device));
+  transfer.emplace(std::move(created));
+  return Status::Ok();
+}
+
 Result<std::unique_ptr<Lane>> Model::Impl::NewLane() {
   const std::string so_path = JoinPath(dir, manifest.library);
   auto lane = std::make_unique<Lane>();
@@ -142,7 +194,12 @@ Result<std::unique_ptr<Lane>> Model::Impl::NewLane() {
     lane->vm = (*load_exec)().cast<ffi::Module>();
     auto init = (*lane->vm)->GetFunction("vm_initialization");
     if (!init.has_value()) return Status::RuntimeError("VM has no vm_initialization");
-    (*init)(static_cast<int>(kDLCPU), 0, kVmPooledAllocator);
+    if (device.device_type == kDLCPU) {
+      (*init)(static_cast<int>(kDLCPU), 0, kVmPooledAllocator);
+    } else {  // the device first (where constants and tensors live), then the host
+      (*init)(static_cast<int>(device.device_type), device.device_id, kVmPooledAllocator,
+              static_cast<int>(kDLCPU), 0, kVmPooledAllocator);
+    }
     std::vector<int64_t> buckets = manifest.batch_sizes;
     if (buckets.empty()) buckets.push_back(0);
     for (int64_t bucket : buckets) {
@@ -269,7 +326,8 @@ Status Model::Impl::RunChunk(Lane& lane, const std::vector<TensorView>& inputs, 
     std::vector<int64_t> shape = spec.ShapeWithBatch(bucket);
     const bool whole = !spec.has_batch_axis() || (offset == 0 && rows == total_rows && rows == bucket);
     void* data = const_cast<void*>(view.data);  // TVM takes non-const; inputs are never written
-    if (!whole || !IsAligned(view.data)) {
+    // Copied to a device from any address; passed to CPU code in place only when aligned.
+    if (!whole || (!transfer.has_value() && !IsAligned(view.data))) {
       const size_t nbytes = static_cast<size_t>(NumElements(shape)) * DTypeBytes(spec.dtype);
       EMBER_ASSIGN_OR_RETURN(data, lane.Staging(bucket, i, nbytes));
       if (spec.has_batch_axis()) {
@@ -280,6 +338,13 @@ Status Model::Impl::RunChunk(Lane& lane, const std::vector<TensorView>& inputs, 
         std::memcpy(data, view.data, view.nbytes());
       }
     }
+    if (transfer.has_value()) {
+      EMBER_ASSIGN_OR_RETURN(ffi::Tensor on_device, lane.DeviceInput(*transfer, bucket, i, shape, spec.dtype));
+      const size_t nbytes = static_cast<size_t>(NumElements(shape)) * DTypeBytes(spec.dtype);
+      EMBER_RETURN_IF_ERROR(transfer->CopyIn(data, nbytes, on_device));
+      args.push_back(std::move(on_device));
+      continue;
+    }
     args.push_back(ffi::Tensor::FromNDAlloc(BorrowedMemory{data}, ffi::ShapeView(shape.data(), shape.size()),
                                             spec.dtype, DLDevice{kDLCPU, 0}));
   }
@@ -289,12 +354,23 @@ Status Model::Impl::RunChunk(Lane& lane, const std::vector<TensorView>& inputs, 
     const ffi::Tensor& result = results[i];
     std::vector<int64_t> got(result.shape().begin(), result.shape().end());
     if (got != spec.ShapeWithBatch(bucket) || !SameDType(result.dtype(), spec.dtype) ||
-        result.device().device_type != kDLCPU || !result.IsContiguous()) {
+        result.device().device_type != device.device_type ||
+        result.device().device_id != device.device_id || !result.IsContiguous()) {
       return Status::RuntimeError("output '" + spec.name + "' came back as " +
-                                  DTypeName(result.dtype()) + ShapeToString(got) +
+                                  DTypeName(result.dtype()) + ShapeToString(got) + " on device " +
+                                  std::to_string(result.device().device_type) + ":" +
+                                  std::to_string(result.device().device_id) +
                                   ", the manifest declares " + spec.ToString());
     }
-    TensorView src{static_cast<const char*>(result.data_ptr()) + result.byte_offset(), spec.dtype, got};
+    const void* host = static_cast<const char*>(result.data_ptr()) + result.byte_offset();
+    if (transfer.has_value()) {  // to host memory first; rows are then copied out as for CPU
+      if (!spec.has_batch_axis() && offset != 0) continue;  // copied with the first chunk
+      const size_t nbytes = static_cast<size_t>(NumElements(got)) * DTypeBytes(spec.dtype);
+      EMBER_ASSIGN_OR_RETURN(void* staged, lane.OutputStaging(bucket, i, nbytes));
+      EMBER_RETURN_IF_ERROR(transfer->CopyOut(result, staged, nbytes));
+      host = staged;
+    }
+    TensorView src{host, spec.dtype, got};
     const OutputBuffer& dst = outputs[i];
     if (spec.has_batch_axis()) {
       CopyRows(src, spec.batch_axis, 0, dst.data, dst.shape, offset, rows);
@@ -320,7 +396,9 @@ Result<std::vector<HostTensor>> Model::Run(const NamedTensorViews& inputs) {
     outputs.push_back(std::move(out));
   }
   std::lock_guard<std::mutex> lock(impl_->run_mutex);
-  const auto plan = m.has_batch_axis() ? PlanLanes(rows, m.batch_sizes, MaxLanes())
+  // A GPU runs a bucket as one launch sequence: no splitting across CPU lanes there.
+  const int max_lanes = impl_->device.device_type == kDLCPU ? MaxLanes() : 1;
+  const auto plan = m.has_batch_axis() ? PlanLanes(rows, m.batch_sizes, max_lanes)
                                        : std::vector<std::vector<Chunk>>(1);
   if (plan.size() == 1) {
     EMBER_RETURN_IF_ERROR(impl_->RunSerial(*impl_->lanes[0], views, rows, buffers));

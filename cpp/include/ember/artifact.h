@@ -2,11 +2,13 @@
 // the caller load the compiled library (which is executable code).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
 
+#include "ember/cuda.h"
 #include "ember/manifest.h"
 #include "ember/status.h"
 
@@ -21,6 +23,9 @@ struct HostInfo {
   std::set<std::string> cpu_features;  // /proc/cpuinfo "flags" (x86) or "Features" (arm)
   std::string tvm_version;
   std::string tvm_ffi_version;
+  // The GPUs and driver, asked for only when a CUDA artifact is checked (CPU artifacts never
+  // probe the driver). Tests substitute their own.
+  std::function<const cuda::HostGpus&()> gpus = &cuda::ProbeHostGpus;
 };
 
 // Reads the running host once (arch, CPU flags) plus the runtime versions this core was built with.
@@ -33,7 +38,8 @@ std::set<std::string> ParseCpuFeatures(const std::string& cpuinfo_text);
 // the file.
 Result<std::map<std::string, std::string>> VerifyChecksums(const std::string& dir);
 
-// Refuses an artifact whose target the host cannot run, with the reason.
+// Refuses an artifact whose target the host cannot run, with the reason. CUDA artifacts also need
+// a GPU that can run their code (cuda::SelectDevice over host.gpus()).
 Status CheckCompatibility(const Manifest& manifest, const HostInfo& host);
 
 // VerifyChecksums + ParseManifest + CheckCompatibility, in that order. Also sets

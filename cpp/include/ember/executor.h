@@ -32,7 +32,8 @@ class Executor {
   virtual ~Executor() = default;
   // Runs `rows` rows of validated `inputs` (spec order) and writes each output, shaped with
   // `rows` on its batch axis, to `outputs` (spec order). Inputs whose rows exactly fill a bucket
-  // and are 64-byte aligned reach the compiled code without a copy.
+  // and are 64-byte aligned reach the compiled code without a copy. For a CUDA artifact inputs
+  // are copied into GPU tensors and outputs back to host memory; both buffers stay host memory.
   virtual Status Run(const std::vector<TensorView>& inputs, int64_t rows,
                      const std::vector<OutputBuffer>& outputs) = 0;
 };

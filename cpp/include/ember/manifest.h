@@ -2,9 +2,11 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "ember/cuda.h"
 #include "ember/status.h"
 #include "ember/tensor.h"
 
@@ -25,6 +27,8 @@ struct Manifest {
   std::string target_kind;  // TVM target kind: "llvm", "cuda", ...
   std::string target_arch;  // "x86_64", "aarch64", ...
   std::vector<std::string> required_cpu_features;  // /proc/cpuinfo flag names
+  // CUDA artifacts (target kind "cuda") only: the GPU code the library holds ("device").
+  std::optional<cuda::Requirements> cuda;
   std::string ember_version;
   std::string tvm_version;
   std::string tvm_ffi_version;

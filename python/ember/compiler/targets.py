@@ -86,7 +86,7 @@ _AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
 _CROSS = "g++-aarch64-linux-gnu (apt), unless building on aarch64"
 _EDGE_DEVICE = "aarch64 Linux; the ember-run bundle (tools/build_aarch64_bundle.sh) or ember"
 CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
-_CUDA_BUILD = "nvcc (CUDA toolkit, or pip nvidia-cuda-nvcc-cu12); no GPU needed"
+_CUDA_BUILD = "pip install 'ember-runtime[cuda]' (nvcc, CUDA 13 runtime); no GPU needed"
 
 PRESETS: dict[str, TargetPreset] = {
     p.name: p
@@ -133,7 +133,7 @@ PRESETS: dict[str, TargetPreset] = {
             "NVIDIA GPU; arch from this machine's GPU, or name it: cuda-sm_80 (75/80/86/89/90)",
             {"kind": "cuda"},
             _CUDA_BUILD,
-            "NVIDIA GPU of that arch or newer, driver (libcuda), CUDA runtime",
+            "NVIDIA GPU of that arch or newer, driver r580+ (CUDA 13), ember-runtime[cuda]",
         ),
     )
 }
@@ -143,15 +143,19 @@ TARGETS: dict[str, str] = {name: p.description for name, p in PRESETS.items()}
 
 
 def _cuda_target_dict(name: str) -> dict[str, Any]:
-    """`cuda` (the arch of this machine's first GPU) or `cuda-sm_XX`, with the host as the
-    target of the host-side code."""
+    """`cuda` (the arch of this machine's first GPU) or `cuda-sm_XX`. The host-side code is built
+    for the generic CPU of this machine's arch (no mcpu): GPU servers' CPUs differ from the build
+    machine's, and the host code is a few launch stubs."""
     arch = name.partition("-")[2] or _detected_cuda_arch()
     if arch not in CUDA_ARCHS:
         raise UnknownTargetError(
             f"unknown CUDA arch '{arch}' in target '{name}'; known: {', '.join(CUDA_ARCHS)} "
             "(e.g. 'cuda-sm_80')"
         )
-    return {"kind": "cuda", "arch": arch, "host": _host_target_dict()}
+    from tvm.target import codegen
+
+    host = {"kind": "llvm", "mtriple": codegen.llvm_get_system_triple()}
+    return {"kind": "cuda", "arch": arch, "host": host}
 
 
 def _detected_cuda_arch() -> str:
