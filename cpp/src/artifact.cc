@@ -16,6 +16,10 @@
 
 #include "ember/sha256.h"
 
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#endif
+
 #ifndef EMBER_TVM_VERSION
 #error "EMBER_TVM_VERSION must be defined by the build"
 #endif
@@ -57,6 +61,33 @@ std::set<std::string> ParseCpuFeatures(const std::string& cpuinfo_text) {
   return features;
 }
 
+#if defined(__aarch64__)
+namespace {
+
+// The ISA extensions an aarch64 artifact may require (python/ember/compiler/targets.py), named as
+// /proc/cpuinfo names them, from the kernel's hardware capability bits: the same facts, and the
+// right ones where /proc/cpuinfo is not the running CPU's (under qemu-aarch64 it is the host's).
+void AddHwcapFeatures(std::set<std::string>& features) {
+  const unsigned long hwcap = getauxval(AT_HWCAP);
+  const unsigned long hwcap2 = getauxval(AT_HWCAP2);
+  const struct {
+    unsigned long word, bit;
+    const char* name;
+  } caps[] = {
+      {hwcap, HWCAP_FP, "fp"},          {hwcap, HWCAP_ASIMD, "asimd"},
+      {hwcap, HWCAP_FPHP, "fphp"},      {hwcap, HWCAP_ASIMDHP, "asimdhp"},
+      {hwcap, HWCAP_ASIMDDP, "asimddp"}, {hwcap, HWCAP_SVE, "sve"},
+      {hwcap2, HWCAP2_SVE2, "sve2"},    {hwcap2, HWCAP2_I8MM, "i8mm"},
+      {hwcap2, HWCAP2_BF16, "bf16"},
+  };
+  for (const auto& cap : caps) {
+    if (cap.word & cap.bit) features.insert(cap.name);
+  }
+}
+
+}  // namespace
+#endif
+
 const HostInfo& CurrentHost() {
   static const HostInfo host = [] {
     HostInfo info;
@@ -64,6 +95,9 @@ const HostInfo& CurrentHost() {
     if (uname(&name) == 0) info.arch = name.machine;
     auto cpuinfo = ReadTextFile("/proc/cpuinfo");
     if (cpuinfo.ok()) info.cpu_features = ParseCpuFeatures(cpuinfo.value());
+#if defined(__aarch64__)
+    AddHwcapFeatures(info.cpu_features);
+#endif
     info.tvm_version = EMBER_TVM_VERSION;
     info.tvm_ffi_version = EMBER_TVM_FFI_VERSION;
     return info;
@@ -121,9 +155,14 @@ Result<std::map<std::string, std::string>> VerifyChecksums(const std::string& di
 Status CheckCompatibility(const Manifest& manifest, const HostInfo& host) {
   const std::string where = "artifact '" + manifest.model_name + "' (target " +
                             manifest.target_name + ")";
-  if (manifest.target_kind != "llvm") {
+  const bool is_cuda = manifest.target_kind == "cuda";
+  if (manifest.target_kind != "llvm" && !is_cuda) {
     return Status::Incompatible(where + " was compiled for device kind '" + manifest.target_kind +
                                 "', which this runtime cannot run on this host");
+  }
+  if (is_cuda && !manifest.cuda.has_value()) {
+    return Status::Incompatible(where + " was compiled for device kind 'cuda' but does not say "
+                                "which GPU code it holds; recompile it with this ember");
   }
   if (manifest.target_arch != host.arch) {
     return Status::Incompatible(where + " was compiled for " + manifest.target_arch +
@@ -144,6 +183,10 @@ Status CheckCompatibility(const Manifest& manifest, const HostInfo& host) {
                                 " / tvm-ffi " + manifest.tvm_ffi_version + " but this runtime has TVM " +
                                 host.tvm_version + " / tvm-ffi " + host.tvm_ffi_version +
                                 "; recompile it with this ember");
+  }
+  if (is_cuda) {  // last: the only check that asks the driver
+    Result<int> device = cuda::SelectDevice(*manifest.cuda, host.gpus());
+    if (!device.ok()) return Status::Incompatible(where + " " + device.status().message());
   }
   return Status::Ok();
 }

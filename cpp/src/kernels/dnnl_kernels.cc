@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <dnnl.hpp>
 #include <omp.h>
 #include <algorithm>
@@ -45,6 +46,91 @@ dnnl::stream& ThreadStream() {
   thread_local dnnl::stream stream(Engine());
   return stream;
 }
+
+// --- oneDNN 2.x compatibility. x86 builds use oneDNN 3 (the onednn-devel-cpu-gomp wheel); the
+// aarch64 cross build links Debian's oneDNN 2.6 (libdnnl-dev:arm64), whose API differs in how a
+// primitive descriptor is made (2.x: from an op descriptor), in append_eltwise (2.x: a leading
+// scale), in how scales reach a primitive (2.x: output scales fixed in the attribute; 3.x:
+// per-argument scales given at execution) and in memory::desc's accessors. With these shims the
+// float kernels (conv2d, matmul) and their weight-only int8 forms (conv2d_w8, matmul_w8: the
+// scales apply once, in the prepacking reorder) share one code path. The static int8 kernels pass
+// scales at execution, which 2.x cannot: they refuse there (see MatmulQ8 and Conv2dQ8).
+// Residual adds are a binary post-op with 3.x; with 2.x the residual is copied into dst and added
+// by a sum post-op, because 2.6's gemm-based NHWC convs (what aarch64 gets) apply binary post-ops
+// wrongly (measured under qemu: errors of 40-80% of the output's scale; with sum, within 4e-7 of
+// ONNX Runtime).
+#if DNNL_VERSION_MAJOR >= 3
+constexpr bool kResidualBySum = false;
+
+void AppendEltwise(dnnl::post_ops& ops, dnnl::algorithm alg, float alpha, float beta) {
+  ops.append_eltwise(alg, alpha, beta);
+}
+
+Dims DimsOf(const memory::desc& md) { return md.get_dims(); }
+
+dnnl::convolution_forward::primitive_desc ConvPrimitiveDesc(
+    const memory::desc& src, const memory::desc& weights, const memory::desc& bias,
+    const memory::desc& dst, const Dims& strides, const Dims& dilates, const Dims& pad_l,
+    const Dims& pad_r, const dnnl::primitive_attr& attr) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
+      weights, bias, dst, strides, dilates, pad_l, pad_r, attr);
+}
+
+dnnl::matmul::primitive_desc MatmulPrimitiveDesc(const memory::desc& src,
+                                                 const memory::desc& weights,
+                                                 const memory::desc& bias, const memory::desc& dst,
+                                                 const dnnl::primitive_attr& attr) {
+  return dnnl::matmul::primitive_desc(Engine(), src, weights, bias, dst, attr);
+}
+
+// Reorders src (src_md) into dst (dst_md), multiplying by `count` scales along the axes in `mask`.
+void ScaledReorder(memory& src, const memory::desc& src_md, memory& dst,
+                   const memory::desc& dst_md, const float* scales, int64_t count, int mask,
+                   dnnl::stream& stream) {
+  dnnl::primitive_attr attr;
+  attr.set_scales_mask(DNNL_ARG_SRC, mask);
+  const auto pd = dnnl::reorder::primitive_desc(Engine(), src_md, Engine(), dst_md, attr);
+  memory scale_mem(memory::desc({count}, kF32, Tag::a), Engine(), const_cast<float*>(scales));
+  dnnl::reorder(pd).execute(stream, {{DNNL_ARG_SRC, src},
+                                     {DNNL_ARG_DST, dst},
+                                     {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, scale_mem}});
+}
+#else
+constexpr bool kResidualBySum = true;
+
+void AppendEltwise(dnnl::post_ops& ops, dnnl::algorithm alg, float alpha, float beta) {
+  ops.append_eltwise(1.0f, alg, alpha, beta);
+}
+
+Dims DimsOf(const memory::desc& md) { return md.dims(); }
+
+dnnl::convolution_forward::primitive_desc ConvPrimitiveDesc(
+    const memory::desc& src, const memory::desc& weights, const memory::desc& bias,
+    const memory::desc& dst, const Dims& strides, const Dims& dilates, const Dims& pad_l,
+    const Dims& pad_r, const dnnl::primitive_attr& attr) {
+  const dnnl::convolution_forward::desc desc(
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src, weights, bias,
+      dst, strides, dilates, pad_l, pad_r);
+  return dnnl::convolution_forward::primitive_desc(desc, attr, Engine());
+}
+
+dnnl::matmul::primitive_desc MatmulPrimitiveDesc(const memory::desc& src,
+                                                 const memory::desc& weights,
+                                                 const memory::desc& bias, const memory::desc& dst,
+                                                 const dnnl::primitive_attr& attr) {
+  return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, bias, dst), attr, Engine());
+}
+
+void ScaledReorder(memory& src, const memory::desc& src_md, memory& dst,
+                   const memory::desc& dst_md, const float* scales, int64_t count, int mask,
+                   dnnl::stream& stream) {
+  dnnl::primitive_attr attr;
+  attr.set_output_scales(mask, std::vector<float>(scales, scales + count));
+  const auto pd = dnnl::reorder::primitive_desc(Engine(), src_md, Engine(), dst_md, attr);
+  dnnl::reorder(pd).execute(stream, src, dst);
+}
+#endif
 
 // Primitives use user-managed scratchpads taken from a per-thread buffer, so that concurrent
 // executions of one cached primitive never share scratch memory.
@@ -90,16 +176,17 @@ memory::desc PlainDesc(const Dims& dims) { return memory::desc(dims, kF32, RowMa
 dnnl::post_ops MakePostOps(bool has_residual, const memory::desc& residual_md, int activation,
                            float alpha, float beta) {
   dnnl::post_ops ops;
-  if (has_residual) ops.append_binary(dnnl::algorithm::binary_add, residual_md);
+  if (has_residual && kResidualBySum) ops.append_sum();
+  if (has_residual && !kResidualBySum) ops.append_binary(dnnl::algorithm::binary_add, residual_md);
   using dnnl::algorithm;
   switch (static_cast<Activation>(activation)) {
     case Activation::kNone: break;
-    case Activation::kRelu: ops.append_eltwise(algorithm::eltwise_relu, 0.f, 0.f); break;
-    case Activation::kGeluErf: ops.append_eltwise(algorithm::eltwise_gelu_erf, 0.f, 0.f); break;
-    case Activation::kGeluTanh: ops.append_eltwise(algorithm::eltwise_gelu_tanh, 0.f, 0.f); break;
-    case Activation::kClip: ops.append_eltwise(algorithm::eltwise_clip, alpha, beta); break;
-    case Activation::kSigmoid: ops.append_eltwise(algorithm::eltwise_logistic, 0.f, 0.f); break;
-    case Activation::kTanh: ops.append_eltwise(algorithm::eltwise_tanh, 0.f, 0.f); break;
+    case Activation::kRelu: AppendEltwise(ops, algorithm::eltwise_relu, 0.f, 0.f); break;
+    case Activation::kGeluErf: AppendEltwise(ops, algorithm::eltwise_gelu_erf, 0.f, 0.f); break;
+    case Activation::kGeluTanh: AppendEltwise(ops, algorithm::eltwise_gelu_tanh, 0.f, 0.f); break;
+    case Activation::kClip: AppendEltwise(ops, algorithm::eltwise_clip, alpha, beta); break;
+    case Activation::kSigmoid: AppendEltwise(ops, algorithm::eltwise_logistic, 0.f, 0.f); break;
+    case Activation::kTanh: AppendEltwise(ops, algorithm::eltwise_tanh, 0.f, 0.f); break;
     default: TVM_FFI_THROW(ValueError) << "unknown activation code " << activation;
   }
   return ops;
@@ -212,17 +299,12 @@ std::shared_ptr<memory> PackWeights(int64_t weight_id, const memory::desc& user_
   if (scales == nullptr) {
     dnnl::reorder(user, *packed).execute(stream, user, *packed);
   } else {
-    dnnl::primitive_attr attr;
-    attr.set_scales_mask(DNNL_ARG_SRC, scale_mask);
-    const auto pd = dnnl::reorder::primitive_desc(Engine(), user_md, Engine(), packed_md, attr);
+    const Dims dims = DimsOf(user_md);
     int64_t count = 1;
-    for (int axis = 0; axis < user_md.get_ndims(); ++axis) {
-      if (scale_mask & (1 << axis)) count *= user_md.get_dims()[static_cast<size_t>(axis)];
+    for (size_t axis = 0; axis < dims.size(); ++axis) {
+      if (scale_mask & (1 << axis)) count *= dims[axis];
     }
-    memory scale_mem(memory::desc({count}, kF32, Tag::a), Engine(), const_cast<float*>(scales));
-    dnnl::reorder(pd).execute(stream, {{DNNL_ARG_SRC, user},
-                                       {DNNL_ARG_DST, *packed},
-                                       {DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, scale_mem}});
+    ScaledReorder(user, user_md, *packed, packed_md, scales, count, scale_mask, stream);
   }
   stream.wait();
   layouts.emplace_back(packed_md, packed);
@@ -243,16 +325,20 @@ std::unordered_map<int, memory>& ThreadArgs(const CachedPrimitive& p) {
   args.emplace(DNNL_ARG_WEIGHTS, p.packed_weights ? *p.packed_weights
                                                   : memory(p.weights_md, Engine(), DNNL_MEMORY_NONE));
   if (p.has_bias) args.emplace(DNNL_ARG_BIAS, memory(p.bias_md, Engine(), DNNL_MEMORY_NONE));
-  if (p.has_residual) args.emplace(kResidualArg, memory(p.residual_md, Engine(), DNNL_MEMORY_NONE));
+  if (p.has_residual && !kResidualBySum) {
+    args.emplace(kResidualArg, memory(p.residual_md, Engine(), DNNL_MEMORY_NONE));
+  }
   if (p.scratchpad_md.get_size() > 0) {
     args.emplace(DNNL_ARG_SCRATCHPAD, memory(p.scratchpad_md, Engine(), DNNL_MEMORY_NONE));
   }
+#if DNNL_VERSION_MAJOR >= 3  // only the int8 kernels have scales, and they refuse on 2.x
   if (p.has_scales) {
     args.emplace(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC,
                  memory(memory::desc({1}, kF32, Tag::a), Engine(), DNNL_MEMORY_NONE));
     args.emplace(DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS,
                  memory(p.weight_scales_md, Engine(), DNNL_MEMORY_NONE));
   }
+#endif
   return sets.emplace(&p, std::move(args)).first->second;
 }
 
@@ -274,11 +360,18 @@ void Execute(const CachedPrimitive& p, const void* src, const void* weights, con
   set(DNNL_ARG_DST, dst);
   if (!p.packed_weights) set(DNNL_ARG_WEIGHTS, weights);
   if (p.has_bias) set(DNNL_ARG_BIAS, bias);
-  if (p.has_residual) set(kResidualArg, residual);
+  if (p.has_residual && !kResidualBySum) set(kResidualArg, residual);
+  if (p.has_residual && kResidualBySum && residual != dst) {
+    std::memcpy(dst, residual, p.dst_md.get_size());  // the sum post-op adds onto dst
+  }
+#if DNNL_VERSION_MAJOR >= 3
   if (p.has_scales) {
     set(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, scales.src);
     set(DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, scales.weights);
   }
+#else
+  (void)scales;
+#endif
   const size_t scratch_bytes = p.scratchpad_md.get_size();
   if (scratch_bytes > 0) set(DNNL_ARG_SCRATCHPAD, ThreadScratchpad(scratch_bytes));
   p.primitive.execute(ThreadStream(), args);
@@ -417,10 +510,8 @@ void Conv2dCommon(const ffi::PackedArgs& args, bool weight_only) {
       p.bias_md = has_bias ? memory::desc({o}, kF32, Tag::a) : memory::desc();
       p.residual_md = p.dst_md;
       auto attr = MakeAttr(MakePostOps(has_res != 0, p.residual_md, static_cast<int>(act), alpha, beta));
-      auto pd = dnnl::convolution_forward::primitive_desc(
-          Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-          p.src_md, memory::desc(w_dims, kF32, Tag::any), p.bias_md, p.dst_md, {sh, sw},
-          {dh - 1, dw - 1}, {pt, pl}, {pb, pr}, attr);
+      auto pd = ConvPrimitiveDesc(p.src_md, memory::desc(w_dims, kF32, Tag::any), p.bias_md,
+                                  p.dst_md, {sh, sw}, {dh - 1, dw - 1}, {pt, pl}, {pb, pr}, attr);
       p.weights_md = pd.weights_desc();
       p.scratchpad_md = pd.scratchpad_desc();
       p.primitive = dnnl::convolution_forward(pd);
@@ -524,7 +615,7 @@ void MatmulCommon(const ffi::PackedArgs& args, bool weight_only) {
       } else if (b_const) {
         wanted_w = memory::desc(b_dims, kF32, Tag::any);
       }
-      auto pd = dnnl::matmul::primitive_desc(Engine(), p.src_md, wanted_w, p.bias_md, p.dst_md, attr);
+      auto pd = MatmulPrimitiveDesc(p.src_md, wanted_w, p.bias_md, p.dst_md, attr);
       p.weights_md = pd.weights_desc();
       p.scratchpad_md = pd.scratchpad_desc();
       p.primitive = dnnl::matmul(pd);
@@ -545,6 +636,7 @@ void MatmulCommon(const ffi::PackedArgs& args, bool weight_only) {
 void Matmul(ffi::PackedArgs args, ffi::Any* /*rv*/) { MatmulCommon(args, false); }
 void MatmulW8(ffi::PackedArgs args, ffi::Any* /*rv*/) { MatmulCommon(args, true); }
 
+#if DNNL_VERSION_MAJOR >= 3
 // Per-thread buffer for an int8 kernel's quantized activation.
 void* ThreadQuantized(size_t nbytes) {
   thread_local std::vector<char> buffer;
@@ -763,6 +855,19 @@ void Conv2dQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
             Scales{&a_scale, static_cast<const float*>(DataOf(w_scales))});
   });
 }
+#else
+// The static int8 kernels with oneDNN 2.x (the aarch64 build): refused, see "oneDNN 2.x
+// compatibility" above; the compiler does not emit them for such targets.
+void RefuseStaticInt8(const char* kernel) {
+  TVM_FFI_THROW(RuntimeError) << kernel << ": static int8 kernels need oneDNN 3, and this runtime "
+                              << "was built with oneDNN " << DNNL_VERSION_MAJOR << "."
+                              << DNNL_VERSION_MINOR << "; compile the model with precision "
+                              << "'fp32' or 'int8-weight' for this target";
+}
+
+void MatmulQ8(ffi::PackedArgs /*args*/, ffi::Any* /*rv*/) { RefuseStaticInt8("ember.dnnl.matmul_q8"); }
+void Conv2dQ8(ffi::PackedArgs /*args*/, ffi::Any* /*rv*/) { RefuseStaticInt8("ember.dnnl.conv2d_q8"); }
+#endif
 
 }  // namespace
 

@@ -31,6 +31,7 @@ from ..artifact import (
 from ..errors import CompileError, UnsupportedOperatorError
 from ..tune import TuneBudget
 from . import onnx_prep
+from .cuda import build_cuda_library, device_manifest
 from .dispatch import CONV_LAYOUTS
 
 if TYPE_CHECKING:
@@ -247,27 +248,30 @@ def compile(
     {"x": (None, 128, 768)}. batch_axis: override the detected batch axis (int or per input).
     output: the artifact directory (default: ./<model name>.ember). kernel_library: "dnnl" sends
     conv/matmul to oneDNN kernels in the C++ core, None keeps everything in TVM, "auto" picks
-    oneDNN on x86-64. conv_layout: activation layout of library convs, "NHWC", "NCHW8c" or
-    "auto" (the layout oneDNN runs most of the model's conv FLOPs fastest in: NCHW8c for
-    depthwise, 1x1 and few-channel convs, NHWC for dense convs with more channels).
+    oneDNN on x86-64 and aarch64. conv_layout: activation layout of library convs, "NHWC",
+    "NCHW8c" or "auto" (the layout oneDNN runs most of the model's conv FLOPs fastest in: NCHW8c
+    for depthwise, 1x1 and few-channel convs, NHWC for dense convs with more channels; aarch64
+    targets always use NHWC).
     tune: a `TuneBudget` runs MetaSchedule on the loop nests TVM still generates, caching the
     results on disk so that compiling the same model again skips the search (default: no tuning;
     default schedules only).
     precision: "fp32"; "int8-static": MatMuls and Convs (after ReLU) with constant weights run on
     int8 kernels with activation scales from `calibration` (input dicts, or an
     `ember.quantize.Calibration`), computed by `calibration_method` ("minmax", "percentile",
-    "entropy"); "int8-weight": MatMul and Conv weights are stored as int8 per output channel
-    (the artifact is ~4x smaller) and dequantized once when the kernels prepack them, so compute
-    stays float and so does the speed. Models that already carry QDQ nodes run their QDQ ops in
-    int8 at any precision.
+    "entropy"; not for aarch64 targets); "int8-weight": MatMul and Conv weights are stored as
+    int8 per output channel (the artifact is ~4x smaller) and dequantized once when the kernels
+    prepack them, so compute stays float and so does the speed. Models that already carry QDQ
+    nodes run their QDQ ops in int8 at any precision.
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     proto, source_bytes, default_name = _load_model(model)
     model_name = name or default_name
-    proto, quantization = _apply_precision(proto, precision, calibration, calibration_method, say)
     resolved = resolve_target(target)
     _check_host_can_build(resolved)
+    if precision == "int8-static":
+        _check_static_int8(resolved, "precision 'int8-static'", "use 'fp32' or 'int8-weight'")
+    proto, quantization = _apply_precision(proto, precision, calibration, calibration_method, say)
     library = _choose_kernel_library(kernel_library, resolved)
     if tune is not None and not isinstance(tune, TuneBudget):
         raise CompileError(f"tune must be a TuneBudget or None, got {tune!r}")
@@ -305,7 +309,9 @@ def compile(
     if library == "dnnl":
         from .dispatch import dispatch_to_dnnl
 
-        module, library_stats = dispatch_to_dnnl(module, conv_layout)
+        module, library_stats = dispatch_to_dnnl(module, _conv_layout_for(resolved, conv_layout))
+        if library_stats.get("matmul_q8") or library_stats.get("conv2d_q8"):
+            _check_static_int8(resolved, "this QDQ (int8) model", "use kernel_library=None")
         say(
             f"[ember] {library_stats['calls']} conv/matmul chains dispatched to oneDNN"
             f" (convs in {library_stats['conv_layout']})"
@@ -330,6 +336,8 @@ def compile(
         "quantization": _quantization_record(quantization, library_stats),
         "kernel_library": {"name": library, **library_stats} if library else None,
         "tuning": tuning.to_json() if tuning is not None else None,
+        # CUDA targets: the GPU code the library holds, checked by the core (compiler/cuda.py).
+        **(device_manifest(resolved) if resolved.kind == "cuda" else {}),
         "versions": {
             "ember": _ember_version(),
             "tvm": metadata.version("apache-tvm"),
@@ -437,11 +445,34 @@ def _choose_kernel_library(requested: str | None, target: Target) -> str | None:
         if requested == "dnnl":
             raise CompileError("oneDNN is a CPU kernel library; CUDA targets do not use it")
         return None
-    if target.arch == "x86_64":
+    if target.arch in ("x86_64", "aarch64"):  # the aarch64 bundle's core registers them too
         return "dnnl"
     if requested == "dnnl":
-        raise CompileError(f"the oneDNN kernels are built for x86-64 only, not {target.arch}")
+        raise CompileError(
+            f"the oneDNN kernels are built for x86-64 and aarch64 only, not {target.arch}"
+        )
     return None
+
+
+def _conv_layout_for(target: Target, requested: str) -> str:
+    """The conv layout for the oneDNN kernels on `target`: NCHW8c (the blocked layout of oneDNN's
+    AVX2 kernels) is an x86 choice; on aarch64 convs run in NHWC."""
+    if target.arch != "aarch64":
+        return requested
+    if requested == "NCHW8c":
+        raise CompileError("conv_layout 'NCHW8c' is for x86-64; aarch64 targets use 'NHWC'")
+    return "NHWC"
+
+
+def _check_static_int8(target: Target, what: str, instead: str) -> None:
+    """The aarch64 runtime links oneDNN 2.x (Debian's arm64 package), which cannot take the
+    execution-time scales of ember's static int8 kernels: they refuse to run there
+    (cpp/src/kernels/dnnl_kernels.cc), so refuse to build what would call them."""
+    if target.arch == "aarch64":
+        raise CompileError(
+            f"{what} is not supported for target {target.name} ({target.arch}): its oneDNN 2.x "
+            f"runtime has no static int8 kernels; {instead}"
+        )
 
 
 def _validate_buckets(batch_sizes: Sequence[int] | None) -> list[int]:
@@ -536,6 +567,9 @@ def _output_specs(
 def _build_library(
     mod: Any, target: Target, out_dir: Path, tune: TuneBudget | None, say: Progress
 ) -> TuningReport | None:
+    if target.kind == "cuda":  # built in a worker process that can load TVM's CUDA runtime
+        build_cuda_library(mod, target, out_dir, tune, say, _LINK_OPTIONS)
+        return None
     import tvm
 
     from .pipeline import cpu_pipeline, front_passes
@@ -567,7 +601,14 @@ def _build_library(
         if cross is not None:
             from tvm.support import cc
 
-            link = {"fcompile": cc.cross_compiler(cross, options=_LINK_OPTIONS)}
+            # The triple also targets the imports blob (devc.o) TVM packs when no compiled
+            # function carries one (every op in library calls): by default the host's.
+            triple = cc.get_target_by_dump_machine(cross)
+            link = {
+                "fcompile": cc.cross_compiler(
+                    cross, options=_LINK_OPTIONS, get_target_triple=triple
+                )
+            }
         try:
             with _stderr_to(log):  # export_library prints "Scope Saving" noise on fd 2
                 executable.export_library(str(tmp_lib), **link)
