@@ -313,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .registry.cli import add_registry_parser  # imported here: `import ember.cli` stays light
 
     add_registry_parser(sub)
+    from .bench.cli import add_bench_parsers  # `bench` and `rpc-server`; their work loads lazily
+
+    add_bench_parsers(sub)
     return parser
 
 
