@@ -66,7 +66,8 @@ def run_lifecycle_demo(workdir: str | os.PathLike[str] | None = None) -> int:
     router = Router(registry, "digits", engine_options={"max_queue_delay_us": 100}, metrics=metrics)
     # The window stays below the 450 held-out digits that traffic cycles through, so that it holds
     # distinct rows (repeated rows would break the tests' independence assumption).
-    detector = DriftDetector(data.x_train, alpha=0.01, window=256)
+    # alpha is the false-alarm rate of one check; the loop checks every 25 requests.
+    detector = DriftDetector(data.x_train, alpha=0.001, window=256)
 
     last_model: list[onnx.ModelProto | None] = [None]
 
@@ -150,6 +151,8 @@ def run_lifecycle_demo(workdir: str | os.PathLike[str] | None = None) -> int:
         shifted_v2 = traffic("shifted traffic", lambda x: shift_digits(x, rng), _after(400))
 
         say("phase 4: a broken export (its output layer scrambled) goes to canary")
+        if loop.busy:  # a retraining in flight (e.g. after a false alarm) finishes first
+            traffic("waiting for the loop", lambda x: shift_digits(x, rng), lambda: not loop.busy)
         assert last_model[0] is not None
         loop.submit_candidate(scrambled(last_model[0]), reason="export with a scrambled head")
         traffic(

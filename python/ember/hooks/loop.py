@@ -58,6 +58,8 @@ class ModelLoop:
     flattened to features). `check_every`: requests between drift checks, once `min_rows` rows
     have been seen. `retrain_rows`: how many rows after the drift the retraining hook gets.
     `compile_options`: passed to `ember.compile` for retrained models (e.g. batch_sizes).
+    Each check is one test at the detector's `alpha`; checking often over a long run raises the
+    chance of some false alarm above alpha, so choose alpha for the check rate.
     Thread-safe: `infer` may be called from any number of threads.
     """
 
@@ -284,6 +286,8 @@ class ModelLoop:
                 self._retrain_data = None
             if data is not None and len(data) >= 2:
                 self.detector = _rebased(self.detector, data)
+                with self._lock:  # the new window must fill before it is tested
+                    self._rows_seen = 0
             for callback in self._promote_callbacks:
                 _call_safely(callback, event)
             self._finish(cooldown=False)
