@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "dnnl_test_util.h"
 #include "ember/kernels/dnnl_kernels.h"
 
 namespace ember::kernels {
@@ -17,18 +18,11 @@ namespace {
 
 namespace ffi = tvm::ffi;
 
-constexpr DLDataType kF32{kDLFloat, 32, 1};
-constexpr DLDataType kS8{kDLInt, 8, 1};
-
-DLTensor Dl(void* data, DLDataType dtype, std::vector<int64_t>& shape) {
-  DLTensor t{};
-  t.data = data;
-  t.device = DLDevice{kDLCPU, 0};
-  t.ndim = static_cast<int32_t>(shape.size());
-  t.dtype = dtype;
-  t.shape = shape.data();
-  return t;
-}
+using testing::Blocked;
+using testing::Dl;
+using testing::kF32;
+using testing::kS8;
+using testing::Nhwc;
 
 struct ConvCase {
   int64_t n, h, w, c, o, k, stride, pad, dilation, groups;
@@ -36,13 +30,6 @@ struct ConvCase {
 };
 
 class Conv2dW8Test : public ::testing::TestWithParam<ConvCase> {};
-
-int64_t Nhwc(int64_t n, int64_t y, int64_t x, int64_t c, int64_t h, int64_t w, int64_t channels) {
-  return ((n * h + y) * w + x) * channels + c;
-}
-int64_t Blocked(int64_t n, int64_t y, int64_t x, int64_t c, int64_t h, int64_t w, int64_t channels) {
-  return (((n * (channels / 8) + c / 8) * h + y) * w + x) * 8 + c % 8;
-}
 
 TEST_P(Conv2dW8Test, EqualsTheFloatKernelOnDequantizedWeights) {
   const ConvCase t = GetParam();

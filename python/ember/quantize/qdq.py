@@ -93,23 +93,11 @@ def quantize_static(
                     ),
                 ]
                 dequantized[x] = f"{stem}_dq"
-            q, scales = quantize_weights(numpy_helper.to_array(weights[w_name]), qmax, axis)
-            stem = f"{w_name}__ember_q8"
-            new_inits += [
-                numpy_helper.from_array(q, f"{stem}_int8"),
-                numpy_helper.from_array(scales, f"{stem}_scale"),
-                numpy_helper.from_array(np.zeros(scales.shape, np.int8), f"{stem}_zero"),
-            ]
-            new_nodes.append(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [f"{stem}_int8", f"{stem}_scale", f"{stem}_zero"],
-                    [f"{stem}_dq"],
-                    axis=axis,
-                )
-            )
+            w_inits, w_node = _int8_weight(weights[w_name], f"{w_name}__ember_q8", qmax, axis)
+            new_inits += w_inits
+            new_nodes.append(w_node)
             node.input[0] = dequantized[x]
-            node.input[1] = f"{stem}_dq"
+            node.input[1] = w_node.output[0]
             replaced.add(w_name)
         new_nodes.append(node)
     still_used = {i for n in new_nodes for i in n.input}
@@ -149,22 +137,10 @@ def quantize_weight_only(model: onnx.ModelProto) -> onnx.ModelProto:
             axis = {("MatMul", 2): 1, ("Conv", 4): 0}.get((node.op_type, len(w.dims)))
         if w is not None and axis is not None:
             if w.name not in dequantized:
-                q, scales = quantize_weights(numpy_helper.to_array(w), 127, axis)
-                stem = f"{w.name}__ember_w8"
-                new_inits += [
-                    numpy_helper.from_array(q, f"{stem}_int8"),
-                    numpy_helper.from_array(scales, f"{stem}_scale"),
-                    numpy_helper.from_array(np.zeros(scales.shape, np.int8), f"{stem}_zero"),
-                ]
-                new_nodes.append(
-                    helper.make_node(
-                        "DequantizeLinear",
-                        [f"{stem}_int8", f"{stem}_scale", f"{stem}_zero"],
-                        [f"{stem}_dq"],
-                        axis=axis,
-                    )
-                )
-                dequantized[w.name] = f"{stem}_dq"
+                w_inits, w_node = _int8_weight(w, f"{w.name}__ember_w8", 127, axis)
+                new_inits += w_inits
+                new_nodes.append(w_node)
+                dequantized[w.name] = w_node.output[0]
             node.input[1] = dequantized[w.name]
         new_nodes.append(node)
     still_used = {i for n in new_nodes for i in n.input}
@@ -174,6 +150,26 @@ def quantize_weight_only(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.initializer[:]
     graph.initializer.extend(kept + new_inits)
     return _sorted(out)
+
+
+def _int8_weight(
+    weight: onnx.TensorProto, stem: str, qmax: int, axis: int
+) -> tuple[list[onnx.TensorProto], onnx.NodeProto]:
+    """A float weight as int8 + per-channel scales + zero points, and the DequantizeLinear node
+    (output `<stem>_dq`) that turns them back into float."""
+    q, scales = quantize_weights(numpy_helper.to_array(weight), qmax, axis)
+    inits = [
+        numpy_helper.from_array(q, f"{stem}_int8"),
+        numpy_helper.from_array(scales, f"{stem}_scale"),
+        numpy_helper.from_array(np.zeros(scales.shape, np.int8), f"{stem}_zero"),
+    ]
+    node = helper.make_node(
+        "DequantizeLinear",
+        [f"{stem}_int8", f"{stem}_scale", f"{stem}_zero"],
+        [f"{stem}_dq"],
+        axis=axis,
+    )
+    return inits, node
 
 
 def _gemms_as_matmuls(model: onnx.ModelProto, eligible: Callable[[str], bool]) -> None:
