@@ -25,6 +25,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ember/kernels/winograd.h"
 #include "ember/quant.h"
 
 namespace ember::kernels {
@@ -883,6 +884,7 @@ void RegisterDnnlKernels() {
         .def_packed("ember.dnnl.matmul_q8", MatmulQ8)
         .def_packed("ember.dnnl.conv2d_q8", Conv2dQ8);
   });
+  RegisterWinogradKernels();  // ember.dnnl.conv2d_wino (winograd.cc)
 }
 
 size_t DnnlCachedPrimitives() {

@@ -309,12 +309,17 @@ def compile(
     if library == "dnnl":
         from .dispatch import dispatch_to_dnnl
 
-        module, library_stats = dispatch_to_dnnl(module, _conv_layout_for(resolved, conv_layout))
+        # The Winograd kernel's dispatch rule was measured on x86-64 (AVX2) only.
+        module, library_stats = dispatch_to_dnnl(
+            module, _conv_layout_for(resolved, conv_layout), winograd=resolved.arch == "x86_64"
+        )
         if library_stats.get("matmul_q8") or library_stats.get("conv2d_q8"):
             _check_static_int8(resolved, "this QDQ (int8) model", "use kernel_library=None")
+        wino = library_stats.get("conv2d_wino", 0)
         say(
             f"[ember] {library_stats['calls']} conv/matmul chains dispatched to oneDNN"
-            f" (convs in {library_stats['conv_layout']})"
+            f" (convs in {library_stats['conv_layout']}"
+            + (f"; {wino} by the Winograd kernel)" if wino else ")")
         )
     out_dir = Path(output) if output is not None else Path(f"{model_name}.ember")
     say(f"[ember] building for {resolved.name} ({resolved.tvm.get('mcpu', 'generic')})")

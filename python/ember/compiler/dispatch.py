@@ -5,14 +5,16 @@ Convolutions are first converted to a layout oneDNN's direct kernels run well on
 folded so that biases and weights are plain constants the kernels can prepack once. Two activation
 layouts are used, one per model: NHWC, where brgconv is fastest for dense KxK convs (ResNet), and
 NCHW8c (oneDNN's nChw8c), where its depthwise, 1x1 and few-channel kernels are 1.1-2x faster than
-in NHWC (MobileNet, the digits CNN); see `choose_conv_layout`.
-Argument lists here must match cpp/src/kernels/dnnl_kernels.cc.
+in NHWC (MobileNet, the digits CNN); see `choose_conv_layout`. NHWC 3x3 stride-1 convs with enough
+channels go to ember.dnnl.conv2d_wino, a Winograd F(2x2,3x3) kernel (`_winograd_applies`).
+Argument lists here must match cpp/src/kernels/dnnl_kernels.cc (and winograd.cc).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,7 @@ class _Fusion:
     consumed: list[Any] = field(default_factory=list)  # QDQ vars only this call used
     conv_q8: _Int8Conv | None = None  # a conv2d whose weights came from QDQ int8 weights
     w8: _WeightOnly | None = None  # a float conv2d/matmul whose constant weights are int8 only
+    winograd: bool = False  # a conv2d run by ember.dnnl.conv2d_wino (see _winograd_applies)
 
 
 @dataclass
@@ -418,7 +421,8 @@ def _library_call(f: _Fusion, out_var: Any) -> Any:
         assert w is not None
         ints = _conv_ints(f, _weight_id(w))
         args = [x, f.anchor.args[1], bias, residual, *map(_prim, ints), _prim(alpha), _prim(beta)]
-        return relax.call_dps_packed("ember.dnnl.conv2d", args, out_ty=out_var.ty)
+        name = "ember.dnnl.conv2d_wino" if f.winograd else "ember.dnnl.conv2d"
+        return relax.call_dps_packed(name, args, out_ty=out_var.ty)
     b = f.anchor.args[1]
     b_const = _const(b)
     ints = [
@@ -570,24 +574,7 @@ def _unwrap_qdq_convs(func: Any, int8_convs: dict[int, _Int8Conv]) -> Any:
         replacements[var] = relax.Call(
             value.op, [q_a.args[0], relax.const(dequantized)], value.attrs, value.ty_args
         )
-    if not replacements:
-        return func
-
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):  # type: ignore[misc]
-        def visit_var_binding_(self, binding: Any) -> None:
-            new = replacements.get(binding.var)
-            if new is None:
-                super().visit_var_binding_(binding)
-                return
-            call = relax.Call(
-                new.op, [self.visit_expr(a) for a in new.args], new.attrs, new.ty_args
-            )
-            self.builder_.emit_normalized(
-                relax.VarBinding(binding.var, self.builder_.normalize(call))
-            )
-
-    return Rewriter().visit_expr(func)
+    return _replace_bindings(func, replacements)
 
 
 def _unwrap_weight_dequantize(func: Any, weight_only: dict[int, _WeightOnly]) -> Any:
@@ -624,6 +611,14 @@ def _unwrap_weight_dequantize(func: Any, weight_only: dict[int, _WeightOnly]) ->
             kernel_w, key = np.ascontiguousarray(w), dequantized
         weight_only[_weight_id(key)] = _WeightOnly(kernel_w, scales)
         replacements[var] = relax.const(dequantized)
+    return _replace_bindings(func, replacements)
+
+
+def _replace_bindings(func: Any, replacements: dict[Any, Any]) -> Any:
+    """`func` with the value of each binding in `replacements` swapped for the new expression
+    (a call's arguments are visited, so the vars it uses stay bound)."""
+    from tvm import relax
+
     if not replacements:
         return func
 
@@ -634,7 +629,13 @@ def _unwrap_weight_dequantize(func: Any, weight_only: dict[int, _WeightOnly]) ->
             if new is None:
                 super().visit_var_binding_(binding)
                 return
-            self.builder_.emit_normalized(relax.VarBinding(binding.var, new))
+            if isinstance(new, relax.Call):
+                new = relax.Call(
+                    new.op, [self.visit_expr(a) for a in new.args], new.attrs, new.ty_args
+                )
+            self.builder_.emit_normalized(
+                relax.VarBinding(binding.var, self.builder_.normalize(new))
+            )
 
     return Rewriter().visit_expr(func)
 
@@ -665,6 +666,65 @@ def _is_blocked(conv: Any) -> bool:
     return str(conv.attrs.data_layout) == "NCHW8c"
 
 
+WINOGRAD_ENV = "EMBER_WINOGRAD"  # "0" turns ember.dnnl.conv2d_wino off (read at compile time)
+_WINOGRAD_MIN_CHANNELS = 64
+_WINOGRAD_MAX_CHANNELS = 256
+_WINOGRAD_MIN_TILES_WIDE = 256
+
+
+def winograd_enabled() -> bool:
+    """Whether dispatch may use the Winograd kernel: unless EMBER_WINOGRAD=0."""
+    return os.environ.get(WINOGRAD_ENV, "1").strip() != "0"
+
+
+def _winograd_applies(f: _Fusion) -> bool:
+    """Whether a float conv2d fusion runs as ember.dnnl.conv2d_wino (Winograd F(2x2,3x3),
+    cpp/src/kernels/winograd.cc) rather than oneDNN's direct conv.
+
+    The kernel covers NHWC, 3x3, stride 1, dilation 1, groups 1, padding 1 on every side, and the
+    activations none, ReLU and clip (bias and residual always). Among those convs, the rule is the
+    measured one (benchmarks/winograd_conv.cc and winograd_vs_ort.py on the 2-core Zen 3, AVX2;
+    numbers in benchmarks/README.md), on ResNet-18's shapes at batch 1 and 32 (2 threads, and
+    2 single-threaded lanes of 16 as ember runs batch 32):
+
+    - 64 to 256 input and output channels: Winograd took 0.52-0.61x the time of oneDNN 3.2's
+      direct conv (brgconv, NHWC) at 56x56x64, 28x28x128 and 14x14x256, batch 1 and 32, and
+      0.6-0.75x ONNX Runtime's;
+    - 512 channels (7x7): only with >= 256 tiles (N * ceil(H/2) * ceil(W/2), e.g. batch >= 16
+      there): 0.72-0.77x direct at batch 32, but 1.15-1.4x *slower* at batch 1, whose 16 tiles
+      leave the GEMMs too thin for weights 16/9 the size of the direct conv's;
+    - fewer than 64 channels: not measured, so not used (thin GEMMs again).
+    """
+    if f.kind != "conv2d" or f.conv_q8 is not None or f.w8 is not None:
+        return False
+    if f.activation[0] not in (ACT_NONE, ACT_RELU, ACT_CLIP):
+        return False
+    conv = f.anchor
+    attrs = conv.attrs
+    w = _const(conv.args[1])
+    x_type = _tensor_type(conv.args[0])
+    if (
+        w is None
+        or x_type is None
+        or len(x_type[0]) != 4
+        or str(attrs.data_layout) != "NHWC"
+        or str(attrs.kernel_layout) != "OHWI"
+        or w.ndim != 4
+        or tuple(w.shape[1:3]) != (3, 3)
+        or [int(v) for v in attrs.strides] != [1, 1]
+        or [int(v) for v in attrs.dilation] != [1, 1]
+        or [int(v) for v in attrs.padding] != [1, 1, 1, 1]
+        or int(attrs.groups) != 1
+    ):
+        return False
+    n, h, width, c = x_type[0]
+    k = int(w.shape[0])
+    if min(c, k) < _WINOGRAD_MIN_CHANNELS:
+        return False
+    tiles = n * ((h + 1) // 2) * ((width + 1) // 2)
+    return max(c, k) <= _WINOGRAD_MAX_CHANNELS or tiles >= _WINOGRAD_MIN_TILES_WIDE
+
+
 def _describe(fusions: Sequence[_Fusion]) -> dict[str, int]:
     """Counts of library calls, of convs run in NCHW8c and of what was fused into the calls, for
     the manifest and tests."""
@@ -673,6 +733,7 @@ def _describe(fusions: Sequence[_Fusion]) -> dict[str, int]:
         parts = ["conv2d_q8" if f.conv_q8 is not None else f.kind]
         parts += [f"{f.kind}_w8"] if f.w8 is not None and f.conv_q8 is None else []
         parts += ["nchw8c"] if f.kind == "conv2d" and _is_blocked(f.anchor) else []
+        parts += ["conv2d_wino"] if f.winograd else []
         parts += ["bias"] if f.bias is not None else []
         parts += ["residual"] if f.residual is not None else []
         parts += [_ACTIVATION_NAMES[f.activation[0]]] if f.activation[0] != ACT_NONE else []
@@ -686,12 +747,15 @@ def _rewrite(
     qdq: bool = False,
     int8_convs: dict[int, _Int8Conv] | None = None,
     weight_only: dict[int, _WeightOnly] | None = None,
+    winograd: bool = False,
 ) -> tuple[Any, list[_Fusion]]:
     from tvm import relax
 
     fusions = _Planner(func, qdq, int8_convs, weight_only).plan()
     if not fusions:
         return func, []
+    for f in fusions:
+        f.winograd = winograd and _winograd_applies(f)
     by_output = {f.members[-1]: f for f in fusions}
     dropped = {v for f in fusions for v in (*f.members[:-1], *f.consumed)}
 
@@ -825,11 +889,15 @@ def _convert_conv_layouts(mod: Any, layout: str) -> Any:
     return relax.transform.ConvertLayout({}, layout_cb=desired)(mod)
 
 
-def dispatch_to_dnnl(mod: Any, conv_layout: str = "auto") -> tuple[Any, dict[str, Any]]:
+def dispatch_to_dnnl(
+    mod: Any, conv_layout: str = "auto", winograd: bool = True
+) -> tuple[Any, dict[str, Any]]:
     """Convert convs to `conv_layout` ("auto", "NHWC" or "NCHW8c"; see `choose_conv_layout`), fold
     constants, and rewrite every matching conv2d/matmul chain into an ember.dnnl.* library call.
-    Returns the module and a report over all functions: the conv layout, "calls", per anchor
-    kind ("conv2d", "matmul") and per fused post-op ("bias", "residual", "relu", ...)."""
+    With `winograd` (and unless EMBER_WINOGRAD=0), the convs `_winograd_applies` to call
+    ember.dnnl.conv2d_wino. Returns the module and a report over all functions: the conv layout,
+    "calls", per anchor kind ("conv2d", "matmul"), "conv2d_wino" (of the conv2d calls, those run
+    by the Winograd kernel) and per fused post-op ("bias", "residual", "relu", ...)."""
     from tvm import relax
 
     fusions: list[_Fusion] = []
@@ -854,7 +922,12 @@ def dispatch_to_dnnl(mod: Any, conv_layout: str = "auto") -> tuple[Any, dict[str
     mod = relax.transform.FoldConstant()(_convert_conv_layouts(mod, layout))
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
-            mod[gv], found = _rewrite(func, int8_convs=int8_convs, weight_only=weight_only)
+            mod[gv], found = _rewrite(
+                func,
+                int8_convs=int8_convs,
+                weight_only=weight_only,
+                winograd=winograd and winograd_enabled(),
+            )
             fusions += found
     return mod, {"conv_layout": layout, "calls": len(fusions), **_describe(fusions)}
 
@@ -864,6 +937,7 @@ def dispatched_kernels(mod: Any) -> Sequence[str]:
     text = mod.script(show_meta=False)
     names = (
         "ember.dnnl.conv2d",
+        "ember.dnnl.conv2d_wino",
         "ember.dnnl.matmul",
         "ember.dnnl.matmul_q8",
         "ember.dnnl.conv2d_q8",
