@@ -10,6 +10,9 @@ sends one-row requests back to back for a fixed time, through:
            the batch limit within the delay, the way Ray Serve's `@serve.batch` works (threads
            submit to its loop with `run_coroutine_threadsafe`)
   ort      one ONNX Runtime session shared by the clients (asyncio: called inline)
+  ceiling  asyncio only: each request awaits a future that one callback per loop round resolves,
+           with no model at all -- the most requests/s any asyncio front end (an engine, a
+           batcher) can serve on this machine, since each request costs a task switch
 
 It prints requests/s and client-side p50/p99 latency per mode, the offline throughput of the
 compiled model at its largest bucket, the Engine's overhead over a direct call at one client, and
@@ -53,7 +56,8 @@ from vs_onnxruntime import (
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = REPO / "models" / "out" / "bench"
-MODES = ("direct", "engine", "pybatch", "ort")
+MODES = ("direct", "engine", "pybatch", "ort", "ceiling")
+ASYNCIO_ONLY = ("ceiling",)
 # Buckets compiled per model: the largest is the batch limit, so 64 one-row clients fit the MLP's.
 BUCKETS = {"digits_mlp": (1, 8, 16, 32, 64), "resnet18": (1, 8, 16, 32)}
 DELAY_US = {"digits_mlp": 500, "resnet18": 2000}
@@ -125,6 +129,27 @@ class PyBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class NoWorkFutures:
+    """The asyncio ceiling: every request awaits a future, and one callback per loop round
+    resolves all of them with no work, the way an engine's completion callback does."""
+
+    def __init__(self) -> None:
+        self._pending: list[asyncio.Future[None]] = []
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._resolve)
+        self._pending.append(future)
+        await future
+
+    def _resolve(self) -> None:
+        batch, self._pending = self._pending, []
+        for future in batch:
+            future.set_result(None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,6 +451,8 @@ def bench_model(name: str, args: argparse.Namespace) -> ModelReport:
         for kind in ("threads", "asyncio"):
             for clients in args.clients:
                 for mode in args.modes:
+                    if kind == "threads" and mode in ASYNCIO_ONLY:
+                        continue
                     before = engine.metrics()
                     if kind == "threads":
                         samples, start, end, errors = drive_threads(
@@ -477,6 +504,7 @@ def run_asyncio(
         "engine": engine.infer,
         "pybatch": batcher.infer,
         "ort": ort_call,
+        "ceiling": NoWorkFutures().infer,
     }
     samples, start, end, errors = drive_asyncio(
         calls[mode], pool, clients, args.warmup, args.seconds or SECONDS[name]
@@ -581,6 +609,20 @@ def print_report(report: ModelReport) -> None:
     print()
     for label, ok, value in report.checks:
         print(f"  [{'PASS' if ok else 'MISS'}] {label}: {value}")
+    engine = _find(report, "asyncio", TARGET_CLIENTS, "engine")
+    ceiling = _find(report, "asyncio", TARGET_CLIENTS, "ceiling")
+    if engine is not None and ceiling is not None and ceiling.rps:
+        # Context for the asyncio targets: no front end can beat the ceiling's ratios.
+        bounds = ", ".join(
+            f"{ceiling.rps / r.rps:.2f}x {m}"
+            for m in ("direct", "pybatch", "ort")
+            for r in [_find(report, "asyncio", TARGET_CLIENTS, m)]
+            if r is not None and r.rps
+        )
+        print(
+            f"  asyncio, {TARGET_CLIENTS} clients: the no-work ceiling is {ceiling.rps:,.0f} req/s "
+            f"({bounds}); the engine reaches {engine.rps / ceiling.rps:.2f}x of it"
+        )
 
 
 def _ints(text: str) -> list[int]:

@@ -30,7 +30,9 @@ asan_options=halt_on_error=1:detect_stack_use_after_return=1
 asan_options+=:check_initialization_order=1:strict_init_order=1
 export ASAN_OPTIONS="$asan_options${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
-export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1${TSAN_OPTIONS:+:$TSAN_OPTIONS}"
+# tsan.supp: OpenMP regions only (libgomp is uninstrumented; the file says why).
+tsan_options="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tools/tsan.supp"
+export TSAN_OPTIONS="$tsan_options${TSAN_OPTIONS:+:$TSAN_OPTIONS}"
 
 run_one() {
   local sanitizer=$1 build_dir=$2 extra_cxx_flags=${3:-}

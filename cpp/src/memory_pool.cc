@@ -1,5 +1,6 @@
 #include "ember/memory_pool.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <utility>
@@ -79,7 +80,7 @@ Result<Block> MemoryPool::Allocate(size_t nbytes) {
     ++stats_.misses;
   }
   void* data = allocator_.allocate(capacity);  // outside the lock: may be slow
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::unique_lock<std::mutex> lock(mutex_);
   if (data == nullptr) {
     ++stats_.failures;
     return Status::RuntimeError("out of memory: the memory pool could not allocate a " +
@@ -89,7 +90,50 @@ Result<Block> MemoryPool::Allocate(size_t nbytes) {
   ++stats_.allocations;
   stats_.bytes_in_use += capacity;
   stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
+  if (size_class >= 0) {
+    const size_t index = static_cast<size_t>(size_class);
+    const size_t owned = owned_blocks_[index]++;
+    if (owned > 0 && capacity <= kGrowClassMaxBytes) {
+      size_t extra = std::min(owned, kMaxGrowBlocks);
+      const size_t room = max_cached_bytes_ - std::min(max_cached_bytes_, stats_.bytes_cached);
+      extra = std::min(extra, room / capacity);
+      lock.unlock();
+      GrowClass(index, capacity, extra);
+    }
+  }
   return Block(shared_from_this(), data, capacity);
+}
+
+void MemoryPool::GrowClass(size_t index, size_t capacity, size_t count) {
+  std::vector<void*> grown;
+  try {
+    grown.reserve(count);
+  } catch (...) {
+    return;  // best effort: the block asked for was served already
+  }
+  for (size_t i = 0; i < count; ++i) {
+    void* data = allocator_.allocate(capacity);
+    if (data == nullptr) break;  // not a failure of any request: it simply grows less
+    grown.push_back(data);
+  }
+  std::vector<void*> unwanted;  // others filled the cache meanwhile: freed after unlocking
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& list = free_lists_[index];
+    size_t kept = 0;
+    for (; kept < grown.size() && stats_.bytes_cached + capacity <= max_cached_bytes_; ++kept) {
+      try {
+        list.push_back(grown[kept]);
+      } catch (...) {
+        break;
+      }
+      ++stats_.allocations;
+      ++owned_blocks_[index];
+      stats_.bytes_cached += capacity;
+    }
+    unwanted.assign(grown.begin() + static_cast<std::ptrdiff_t>(kept), grown.end());
+  }
+  for (void* data : unwanted) allocator_.release(data);
 }
 
 void MemoryPool::Return(void* data, size_t capacity_bytes) noexcept {
@@ -105,6 +149,7 @@ void MemoryPool::Return(void* data, size_t capacity_bytes) noexcept {
       } catch (...) {  // the list could not grow: free the block instead
       }
     }
+    if (size_class >= 0) --owned_blocks_[static_cast<size_t>(size_class)];
   }
   allocator_.release(data);
 }
@@ -120,6 +165,7 @@ void MemoryPool::Trim() {
     std::lock_guard<std::mutex> lock(mutex_);
     cached.swap(free_lists_);
     stats_.bytes_cached = 0;
+    for (size_t i = 0; i < kNumClasses; ++i) owned_blocks_[i] -= cached[i].size();
   }
   for (auto& list : cached) {
     for (void* data : list) allocator_.release(data);

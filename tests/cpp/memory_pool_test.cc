@@ -52,7 +52,8 @@ TEST(MemoryPool, BlocksAreAlignedAndRoundedToTheirSizeClass) {
     EXPECT_EQ(block.value().capacity_bytes(), MemoryPool::CapacityFor(nbytes));
     EXPECT_GE(block.value().capacity_bytes(), nbytes);
   }
-  EXPECT_EQ(MemoryPool::CapacityFor(65), 128u);
+  EXPECT_EQ(MemoryPool::CapacityFor(65), 256u);
+  EXPECT_EQ(MemoryPool::CapacityFor(257), 512u);
   EXPECT_EQ(MemoryPool::CapacityFor(1000), 1024u);
 }
 
@@ -98,6 +99,39 @@ TEST(MemoryPool, SteadyStateMakesNoSystemAllocations) {
   EXPECT_EQ(s.allocations, warm);
   EXPECT_EQ(s.hits, 1000u * request.size());
   EXPECT_EQ(s.bytes_in_use, 0u);
+}
+
+TEST(MemoryPool, SmallClassesGrowGeometricallyBigOnesOneBlockAtATime) {
+  auto pool = MemoryPool::Create();
+  std::vector<Block> held;
+  auto take = [&](size_t nbytes) {
+    auto block = pool->Allocate(nbytes);
+    ASSERT_TRUE(block.ok());
+    held.push_back(std::move(block).value());
+  };
+  take(1000);  // first block of its class: just it
+  EXPECT_EQ(pool->stats().allocations, 1u);
+  take(1000);  // a miss with 1 owned: it and 1 spare
+  EXPECT_EQ(pool->stats().allocations, 3u);
+  EXPECT_EQ(pool->stats().bytes_cached, 1024u);
+  take(1000);  // the spare
+  EXPECT_EQ(pool->stats().allocations, 3u);
+  EXPECT_EQ(pool->stats().misses, 2u);
+  take(1000);  // a miss with 3 owned: it and 3 spares
+  EXPECT_EQ(pool->stats().allocations, 7u);
+  EXPECT_EQ(pool->stats().bytes_cached, 3u * 1024u);
+
+  const size_t big = MemoryPool::kGrowClassMaxBytes * 2;
+  take(big);
+  take(big);
+  PoolStats s = pool->stats();
+  EXPECT_EQ(s.allocations, 9u);  // one each
+  EXPECT_EQ(s.bytes_cached, 3u * 1024u);
+  held.clear();
+  pool->Trim();
+  EXPECT_EQ(pool->stats().bytes_cached, 0u);
+  take(1000);  // trimmed: the class owns nothing again, so it starts over with one block
+  EXPECT_EQ(pool->stats().allocations, 10u);
 }
 
 TEST(MemoryPool, OversizedBlocksAreFreedOnRelease) {

@@ -54,6 +54,34 @@ def test_many_threads_each_get_their_own_rows(engine: ember.Engine, mlp_model: e
     assert metrics.batch_rows.max > 1, "32 concurrent callers never shared a batch"
 
 
+def test_a_caller_that_stops_calling_does_not_hold_back_the_others(
+    engine: ember.Engine, mlp_model: ember.Model
+) -> None:
+    # A thread returning from run() wakes the next finished caller only when it blocks in run()
+    # again; one that goes off to other work loses that turn to the engine's watchdog.
+    returned, finish = threading.Event(), threading.Event()
+
+    def leaves_after_one_call() -> None:
+        engine.run({"x": rows(1, 0)})
+        returned.set()
+        finish.wait()  # blocked in Python, not in run(): never hands its turn on itself
+
+    leaver = threading.Thread(target=leaves_after_one_call)
+    leaver.start()
+    try:
+        assert returned.wait(10)
+        inputs = [rows(1 + i % 2, i) for i in range(64)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(lambda x=x: engine.run({"x": x})["y"]) for x in inputs]
+            for x, future in zip(inputs, futures, strict=True):
+                np.testing.assert_allclose(
+                    future.result(timeout=10), mlp_model.run({"x": x})["y"], atol=ATOL
+                )
+    finally:
+        finish.set()
+        leaver.join()
+
+
 def test_submit_returns_futures_that_concurrent_futures_understands(
     engine: ember.Engine, mlp_model: ember.Model
 ) -> None:

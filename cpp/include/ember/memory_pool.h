@@ -22,7 +22,8 @@ struct PoolStats {
   size_t bytes_cached = 0;       // in the free lists, ready for reuse
   uint64_t hits = 0;             // Allocate() served from a free list
   uint64_t misses = 0;           // Allocate() that had to ask the system allocator
-  uint64_t allocations = 0;      // successful system allocations (misses that succeeded)
+  uint64_t allocations = 0;      // successful system allocations: misses, and spare blocks
+                                 // that small classes grow by (see MemoryPool)
   uint64_t failures = 0;         // system allocations that returned nothing
 };
 
@@ -67,14 +68,23 @@ class Block {
 // each time). Cached bytes are capped by `max_cached_bytes`: a block released beyond the cap is
 // freed instead of cached.
 //
+// Small classes grow geometrically: a miss in a class of at most kGrowClassMaxBytes that already
+// owns n blocks also allocates min(n, kMaxGrowBlocks) spare ones into its free list (within the
+// cache cap). Load that peaks a little higher later (more requests in flight at once) then finds
+// blocks waiting instead of allocating one block per new peak; big classes grow one at a time.
+//
 // Thread-safety: every method may be called from any thread; one mutex guards the free lists and
 // stats, held only for list operations (never while the system allocator runs).
 class MemoryPool : public std::enable_shared_from_this<MemoryPool> {
  public:
   static constexpr size_t kAlignmentBytes = 64;
-  static constexpr size_t kMinBlockBytes = 64;
+  // 256, not 64: requests of a few small rows share one class, so a server's mix of them
+  // reaches its steady state (no new blocks) quickly instead of one class at a time.
+  static constexpr size_t kMinBlockBytes = 256;
   static constexpr size_t kMaxPooledBytes = size_t{1} << 30;
-  static constexpr size_t kNumClasses = 25;  // 2^6 .. 2^30
+  static constexpr size_t kNumClasses = 23;  // 2^8 .. 2^30
+  static constexpr size_t kGrowClassMaxBytes = size_t{64} << 10;
+  static constexpr size_t kMaxGrowBlocks = 64;
 
   static std::shared_ptr<MemoryPool> Create(size_t max_cached_bytes = SIZE_MAX,
                                             SystemAllocator allocator = SystemAllocator::Default());
@@ -100,11 +110,14 @@ class MemoryPool : public std::enable_shared_from_this<MemoryPool> {
   MemoryPool(size_t max_cached_bytes, SystemAllocator allocator);
   void Return(void* data, size_t capacity_bytes) noexcept;
   static int ClassOf(size_t capacity_bytes);  // -1 for oversized
+  // Allocates up to `count` spare blocks of one class into its free list (best effort).
+  void GrowClass(size_t index, size_t capacity, size_t count);
 
   const size_t max_cached_bytes_;
   const SystemAllocator allocator_;
   mutable std::mutex mutex_;
   std::array<std::vector<void*>, kNumClasses> free_lists_;
+  std::array<size_t, kNumClasses> owned_blocks_{};  // per class: in use + cached
   PoolStats stats_;
 };
 
