@@ -55,22 +55,66 @@ int NumpyTypeNum(DLDataType dtype) {
 }
 
 // A numpy array viewing a pooled output; its capsule holds the block until the array dies.
-py::array OutputToNumpy(const OutputTensor& tensor) {
+py::array OutputToNumpy(const OutputTensor& tensor, const py::dtype& dtype) {
   auto holder = std::make_unique<std::shared_ptr<const memory::Block>>(tensor.block);
   py::capsule keep_alive(holder.get(), [](void* p) {
     delete static_cast<std::shared_ptr<const memory::Block>*>(p);
   });
   holder.release();  // owned by the capsule now
-  const int typenum = NumpyTypeNum(tensor.dtype);
-  const py::dtype dtype = typenum >= 0 ? py::dtype(typenum) : NumpyDType(tensor.dtype);
   const std::vector<py::ssize_t> shape(tensor.shape.begin(), tensor.shape.end());
   return py::array(dtype, shape, tensor.data(), keep_alive);
 }
 
-py::dict OutputsToDict(const OutputInfo& info, const std::vector<OutputTensor>& outputs) {
-  py::dict out;
-  for (size_t i = 0; i < outputs.size(); ++i) out[py::str(info.names[i])] = OutputToNumpy(outputs[i]);
-  return out;
+// Turns an engine's outputs into dicts of numpy arrays, with the output names (interned) and
+// dtypes made once instead of per request. Holds Python objects: create, use and destroy it
+// with the GIL.
+class OutputConverter {
+ public:
+  py::dict ToDict(const std::shared_ptr<const OutputInfo>& info,
+                  const std::vector<OutputTensor>& outputs) {
+    if (info != info_) Prepare(info);
+    py::dict out;
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      out[names_[i]] = OutputToNumpy(outputs[i], dtypes_[i]);
+    }
+    return out;
+  }
+
+ private:
+  void Prepare(const std::shared_ptr<const OutputInfo>& info) {
+    names_.clear();
+    dtypes_.clear();
+    for (size_t i = 0; i < info->names.size(); ++i) {
+      PyObject* name = PyUnicode_FromStringAndSize(info->names[i].data(),
+                                                   static_cast<py::ssize_t>(info->names[i].size()));
+      if (name == nullptr) throw py::error_already_set();
+      PyUnicode_InternInPlace(&name);
+      names_.push_back(py::reinterpret_steal<py::str>(name));
+      const int typenum = NumpyTypeNum(info->dtypes[i]);
+      dtypes_.push_back(typenum >= 0 ? py::dtype(typenum) : NumpyDType(info->dtypes[i]));
+    }
+    info_ = info;  // pinned: a new engine's info can never reuse its address while cached
+  }
+
+  std::shared_ptr<const OutputInfo> info_;
+  std::vector<py::str> names_;
+  std::vector<py::dtype> dtypes_;
+};
+
+// Interned method names, created once and never freed (they may be needed until exit).
+PyObject* InternedName(const char* name) {
+  PyObject* interned = PyUnicode_InternFromString(name);
+  if (interned == nullptr) throw py::error_already_set();
+  return interned;
+}
+
+// future.<method>(arg) (no arg when null) through the C API with an interned name: per-request
+// paths pay neither pybind11's attribute lookup by a fresh string nor its argument packing.
+py::object CallMethod(const py::handle& target, PyObject* method, PyObject* arg = nullptr) {
+  PyObject* result = arg == nullptr ? PyObject_CallMethodNoArgs(target.ptr(), method)
+                                    : PyObject_CallMethodOneArg(target.ptr(), method, arg);
+  if (result == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(result);
 }
 
 // One finished request on its way to a Python future.
@@ -171,17 +215,21 @@ class CompletionQueue {
 
  private:
   void Resolve(Finished& item) {
+    static PyObject* const done = InternedName("done");
+    static PyObject* const set_running = InternedName("set_running_or_notify_cancel");
+    static PyObject* const set_result = InternedName("set_result");
+    static PyObject* const set_exception = InternedName("set_exception");
     py::object future = py::reinterpret_steal<py::object>(item.future);
     try {
       if (asyncio_) {
-        if (future.attr("done")().cast<bool>()) return;  // cancelled by its awaiter
-      } else if (!future.attr("set_running_or_notify_cancel")().cast<bool>()) {
+        if (CallMethod(future, done).ptr() == Py_True) return;  // cancelled by its awaiter
+      } else if (CallMethod(future, set_running).ptr() != Py_True) {
         return;  // cancelled before it ran
       }
       if (item.status.ok()) {
-        future.attr("set_result")(OutputsToDict(*item.info, item.outputs));
+        CallMethod(future, set_result, converter_.ToDict(item.info, item.outputs).ptr());
       } else {
-        future.attr("set_exception")(MakeException(item.status));
+        CallMethod(future, set_exception, MakeException(item.status).ptr());
       }
     } catch (py::error_already_set& err) {
       err.discard_as_unraisable("resolving an ember.Engine future");
@@ -189,6 +237,7 @@ class CompletionQueue {
   }
 
   const bool asyncio_;
+  OutputConverter converter_;  // used and destroyed with the GIL, like the queue itself
   int fd_ = -1;
   std::mutex mutex_;
   std::condition_variable ready_;
@@ -273,7 +322,7 @@ class PyEngine {
       gate_->Wait(*waiter);
     }
     ThrowIfError(waiter->status);
-    return OutputsToDict(*info_, waiter->outputs);
+    return converter_.ToDict(info_, waiter->outputs);
   }
 
   void Submit(const py::dict& inputs, const py::object& future,
@@ -346,6 +395,7 @@ class PyEngine {
 
   static constexpr size_t kReleaseGilBytes = 256 * 1024;
   std::shared_ptr<const OutputInfo> info_;
+  OutputConverter converter_;  // for run(); its users hold the GIL
   std::unique_ptr<Engine> engine_;
   // Wakes blocked run() callers one at a time (see handoff.h); shared with their completions.
   std::shared_ptr<engine::HandoffGate> gate_ = std::make_shared<engine::HandoffGate>();
