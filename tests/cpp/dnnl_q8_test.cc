@@ -98,7 +98,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{{37}, 129, 33, false, true, false, false},  // odd sizes, signed
                       Case{{2, 3}, 16, 8, true, false, true, false},   // folded batch, residual
                       Case{{64}, 768, 96, false, true, true, true},    // BERT-like, everything on
-                      Case{{5}, 1, 1, true, false, false, false}));    // degenerate K = N = 1
+                      Case{{5}, 1, 1, true, false, false, false},      // degenerate K = N = 1
+                      // 147,000 activation values: quantized in parallel chunks
+                      Case{{2100}, 70, 24, false, true, false, false}));
 
 TEST(MatmulQ8, RefusesFloatWeightsAndABadScale) {
   RegisterDnnlKernels();
@@ -237,7 +239,9 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{1, 9, 8, 8, 16, 3, 2, 1, 1, 1, true, false, true, true, false},     // stride 2
         ConvCase{1, 8, 8, 16, 16, 3, 1, 2, 2, 2, true, false, false, false, true},   // dilated, 2 groups
         ConvCase{2, 6, 6, 16, 16, 1, 1, 0, 1, 1, true, false, true, true, true},     // 1x1
-        ConvCase{1, 8, 8, 16, 16, 3, 1, 1, 1, 16, true, false, true, false, true})); // depthwise
+        ConvCase{1, 8, 8, 16, 16, 3, 1, 1, 1, 16, true, false, true, false, true},   // depthwise
+        // 153,600 activation values: quantized in parallel chunks
+        ConvCase{4, 40, 40, 24, 16, 3, 1, 1, 1, 1, true, false, true, true, true}));
 
 // oneDNN has no optimized uint8 kernel for nChw8c activations: the kernel refuses rather than
 // run its reference implementation (300x slower on the digits CNN); the compiler uses NHWC.
