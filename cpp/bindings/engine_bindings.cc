@@ -67,12 +67,26 @@ py::array OutputToNumpy(const OutputTensor& tensor, const py::dtype& dtype) {
 
 // Turns an engine's outputs into dicts of numpy arrays, with the output names (interned) and
 // dtypes made once instead of per request. Holds Python objects: create, use and destroy it
-// with the GIL.
+// with the GIL. Immutable after construction, so threads that interleave under the GIL may
+// share one.
 class OutputConverter {
  public:
-  py::dict ToDict(const std::shared_ptr<const OutputInfo>& info,
-                  const std::vector<OutputTensor>& outputs) {
-    if (info != info_) Prepare(info);
+  explicit OutputConverter(std::shared_ptr<const OutputInfo> info) : info_(std::move(info)) {
+    for (size_t i = 0; i < info_->names.size(); ++i) {
+      const std::string& text = info_->names[i];
+      PyObject* name = PyUnicode_FromStringAndSize(text.data(), static_cast<py::ssize_t>(text.size()));
+      if (name == nullptr) throw py::error_already_set();
+      PyUnicode_InternInPlace(&name);
+      names_.push_back(py::reinterpret_steal<py::str>(name));
+      const int typenum = NumpyTypeNum(info_->dtypes[i]);
+      dtypes_.push_back(typenum >= 0 ? py::dtype(typenum) : NumpyDType(info_->dtypes[i]));
+    }
+  }
+
+  // Whether this converter is the one for outputs described by `info`.
+  bool Serves(const std::shared_ptr<const OutputInfo>& info) const { return info == info_; }
+
+  py::dict ToDict(const std::vector<OutputTensor>& outputs) const {
     py::dict out;
     for (size_t i = 0; i < outputs.size(); ++i) {
       out[names_[i]] = OutputToNumpy(outputs[i], dtypes_[i]);
@@ -81,22 +95,7 @@ class OutputConverter {
   }
 
  private:
-  void Prepare(const std::shared_ptr<const OutputInfo>& info) {
-    names_.clear();
-    dtypes_.clear();
-    for (size_t i = 0; i < info->names.size(); ++i) {
-      PyObject* name = PyUnicode_FromStringAndSize(info->names[i].data(),
-                                                   static_cast<py::ssize_t>(info->names[i].size()));
-      if (name == nullptr) throw py::error_already_set();
-      PyUnicode_InternInPlace(&name);
-      names_.push_back(py::reinterpret_steal<py::str>(name));
-      const int typenum = NumpyTypeNum(info->dtypes[i]);
-      dtypes_.push_back(typenum >= 0 ? py::dtype(typenum) : NumpyDType(info->dtypes[i]));
-    }
-    info_ = info;  // pinned: a new engine's info can never reuse its address while cached
-  }
-
-  std::shared_ptr<const OutputInfo> info_;
+  std::shared_ptr<const OutputInfo> info_;  // pinned: no other info can take its address
   std::vector<py::str> names_;
   std::vector<py::dtype> dtypes_;
 };
@@ -227,7 +226,10 @@ class CompletionQueue {
         return;  // cancelled before it ran
       }
       if (item.status.ok()) {
-        CallMethod(future, set_result, converter_.ToDict(item.info, item.outputs).ptr());
+        if (!converter_ || !converter_->Serves(item.info)) {
+          converter_ = std::make_unique<OutputConverter>(item.info);
+        }
+        CallMethod(future, set_result, converter_->ToDict(item.outputs).ptr());
       } else {
         CallMethod(future, set_exception, MakeException(item.status).ptr());
       }
@@ -237,7 +239,9 @@ class CompletionQueue {
   }
 
   const bool asyncio_;
-  OutputConverter converter_;  // used and destroyed with the GIL, like the queue itself
+  // Made on first use, by the one thread that dispatches this queue; destroyed with the GIL,
+  // like the queue itself.
+  std::unique_ptr<OutputConverter> converter_;
   int fd_ = -1;
   std::mutex mutex_;
   std::condition_variable ready_;
@@ -276,6 +280,7 @@ class PyEngine {
       info->dtypes.push_back(spec.dtype);
     }
     info_ = std::move(info);
+    converter_ = std::make_unique<const OutputConverter>(info_);
     Result<std::unique_ptr<Engine>> created = [&] {
       py::gil_scoped_release release;  // creating VMs takes a while
       return Engine::Create(std::move(model), std::move(options));
@@ -322,7 +327,7 @@ class PyEngine {
       gate_->Wait(*waiter);
     }
     ThrowIfError(waiter->status);
-    return converter_.ToDict(info_, waiter->outputs);
+    return converter_->ToDict(waiter->outputs);
   }
 
   void Submit(const py::dict& inputs, const py::object& future,
@@ -395,7 +400,7 @@ class PyEngine {
 
   static constexpr size_t kReleaseGilBytes = 256 * 1024;
   std::shared_ptr<const OutputInfo> info_;
-  OutputConverter converter_;  // for run(); its users hold the GIL
+  std::unique_ptr<const OutputConverter> converter_;  // for run(); made and used with the GIL
   std::unique_ptr<Engine> engine_;
   // Wakes blocked run() callers one at a time (see handoff.h); shared with their completions.
   std::shared_ptr<engine::HandoffGate> gate_ = std::make_shared<engine::HandoffGate>();
