@@ -364,6 +364,7 @@ class PyEngine {
   }
 
   Engine& engine() { return *engine_; }
+  engine::HandoffGate::Stats wakeup_stats() const { return gate_->stats(); }
 
  private:
   // When batches take about as long as a thread takes to wake (small models), one waiting caller
@@ -470,7 +471,14 @@ void BindEngine(py::module_& m) {
       .def("close", &PyEngine::Close, py::arg("drain"))
       .def_property_readonly("closed", [](PyEngine& self) { return self.engine().closed(); })
       .def_property_readonly("queue_size", [](PyEngine& self) { return self.engine().queue_size(); })
-      .def("metrics", [](PyEngine& self) { return MetricsToDict(self.engine().metrics()); })
+      .def("metrics", [](PyEngine& self) {
+        py::dict out = MetricsToDict(self.engine().metrics());
+        const engine::HandoffGate::Stats w = self.wakeup_stats();
+        out["wakeups"] = py::dict(py::arg("at_once") = w.woken_at_once,
+                                  py::arg("handed_off") = w.handed_off,
+                                  py::arg("by_watchdog") = w.woken_by_watchdog);
+        return out;
+      })
       .def("memory_stats", [](PyEngine& self) {
         const memory::PoolStats s = self.engine().pool_stats();
         return py::dict(py::arg("bytes_in_use") = s.bytes_in_use,

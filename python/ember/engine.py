@@ -14,7 +14,7 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -63,6 +63,11 @@ class EngineMetrics:
     compute_us: Distribution
     total_us: Distribution
     batch_rows: Distribution
+    # How blocked `run()` callers were woken: "at_once" (no woken caller held the turn),
+    # "handed_off" (by the previous caller, blocking again) or "by_watchdog" (the previous
+    # caller did not call again within 500 us): many of those mean callers do long work between
+    # calls and wait for the watchdog.
+    wakeups: dict[str, int] = field(default_factory=dict)
 
 
 def _distribution(raw: dict[str, Any]) -> Distribution:
@@ -188,6 +193,7 @@ class Engine:
             successes=raw["successes"],
             rejections=raw["rejections"],
             failures=dict(raw["failures"]),
+            wakeups=dict(raw["wakeups"]),
             **{
                 key: _distribution(raw[key])
                 for key in ("queue_us", "compute_us", "total_us", "batch_rows")

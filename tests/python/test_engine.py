@@ -52,6 +52,9 @@ def test_many_threads_each_get_their_own_rows(engine: ember.Engine, mlp_model: e
     assert metrics.successes == metrics.requests == 400
     assert metrics.rows == sum(len(x) for x in inputs)
     assert metrics.batch_rows.max > 1, "32 concurrent callers never shared a batch"
+    # Every blocked caller was woken exactly once; in a shared batch only the first at once.
+    assert sum(metrics.wakeups.values()) == 400
+    assert metrics.wakeups["handed_off"] + metrics.wakeups["by_watchdog"] > 0
 
 
 def test_a_caller_that_stops_calling_does_not_hold_back_the_others(
@@ -80,6 +83,7 @@ def test_a_caller_that_stops_calling_does_not_hold_back_the_others(
     finally:
         finish.set()
         leaver.join()
+    assert engine.metrics().wakeups["by_watchdog"] >= 1
 
 
 def test_submit_returns_futures_that_concurrent_futures_understands(
