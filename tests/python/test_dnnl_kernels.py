@@ -260,8 +260,8 @@ def test_library_and_tvm_paths_agree(tmp_path: Path) -> None:
 
 
 def test_ops_the_library_does_not_cover_stay_in_tvm(tmp_path: Path) -> None:
-    """ConvTranspose, a conv whose weight is a runtime input, LayerNorm and Softmax: compiled by
-    TVM next to a dispatched conv, and still correct."""
+    """ConvTranspose, a conv whose weight is a runtime input and LayerNorm: compiled by TVM next
+    to a dispatched conv and softmax, and still correct."""
     rng = np.random.default_rng(3)
     inits = [
         ("w", rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.3),
@@ -295,4 +295,25 @@ def test_ops_the_library_does_not_cover_stay_in_tvm(tmp_path: Path) -> None:
         "wx": rng.standard_normal((1, 3, 1, 1)).astype(np.float32),
     }
     artifact = _compile_and_compare(model, feeds, tmp_path)
-    assert artifact.manifest["kernel_library"]["calls"] == 1
+    stats = artifact.manifest["kernel_library"]
+    assert stats["calls"] == 2 and stats["conv2d"] == 1 and stats["softmax"] == 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [((2, 12, 16, 16), -1), ((3, 5, 7), 1), ((4, 10), 0), ((2, 3, 33), 2)],
+)
+def test_softmax_runs_in_the_library_and_matches_onnxruntime(
+    tmp_path: Path, shape: tuple[int, ...], axis: int
+) -> None:
+    nodes = [helper.make_node("Softmax", ["x"], ["y"], axis=axis)]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))],
+        [],
+    )
+    x = np.random.default_rng(len(shape) + axis).standard_normal(shape).astype(np.float32) * 4
+    x.flat[0] = 90.0  # overflows exp() in float unless the max is subtracted first
+    artifact = _compile_and_compare(model, {"x": x}, tmp_path)
+    assert artifact.manifest["kernel_library"]["softmax"] == 1

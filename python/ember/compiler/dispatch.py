@@ -577,6 +577,28 @@ def _unwrap_qdq_convs(func: Any, int8_convs: dict[int, _Int8Conv]) -> Any:
     return _replace_bindings(func, replacements)
 
 
+def _softmax_calls(func: Any) -> tuple[Any, int]:
+    """Every float32 softmax of a statically shaped tensor of 1-6 dims becomes
+    ember.dnnl.softmax (oneDNN's, ~5x faster than TVM's default schedule on attention scores).
+    Returns the function and how many it rewrote."""
+    from tvm import relax
+
+    planner = _Planner(func)
+    replacements: dict[Any, Any] = {}
+    for var, value in planner.values.items():
+        if not _op(value, "relax.nn.softmax"):
+            continue
+        x = value.args[0]
+        x_type, out_type = _tensor_type(x), _tensor_type(var)
+        if x_type is None or out_type is None or x_type[1] != "float32" or out_type[1] != "float32":
+            continue
+        if not 1 <= len(x_type[0]) <= 6:
+            continue
+        args = [x, _prim(int(value.attrs.axis))]
+        replacements[var] = relax.call_dps_packed("ember.dnnl.softmax", args, out_ty=var.ty)
+    return _replace_bindings(func, replacements), len(replacements)
+
+
 def _unwrap_weight_dequantize(func: Any, weight_only: dict[int, _WeightOnly]) -> Any:
     """dequantize(W int8, scales, 0) of a constant becomes the float constant W * scales (what
     folding would make of it), and the int8 form is remembered in `weight_only` under the weight
@@ -897,10 +919,12 @@ def dispatch_to_dnnl(
     With `winograd` (and unless EMBER_WINOGRAD=0), the convs `_winograd_applies` to call
     ember.dnnl.conv2d_wino. Returns the module and a report over all functions: the conv layout,
     "calls", per anchor kind ("conv2d", "matmul"), "conv2d_wino" (of the conv2d calls, those run
-    by the Winograd kernel) and per fused post-op ("bias", "residual", "relu", ...)."""
+    by the Winograd kernel), per fused post-op ("bias", "residual", "relu", ...) and "softmax"
+    (softmaxes run by ember.dnnl.softmax, counted in "calls" too)."""
     from tvm import relax
 
     fusions: list[_Fusion] = []
+    softmaxes = 0
     int8_convs: dict[int, _Int8Conv] = {}
     weight_only: dict[int, _WeightOnly] = {}
     for gv, func in list(mod.functions_items()):  # int8 QDQ ops, before folding loses them
@@ -929,7 +953,12 @@ def dispatch_to_dnnl(
                 winograd=winograd and winograd_enabled(),
             )
             fusions += found
-    return mod, {"conv_layout": layout, "calls": len(fusions), **_describe(fusions)}
+            mod[gv], count = _softmax_calls(mod[gv])
+            softmaxes += count
+    report = {"conv_layout": layout, "calls": len(fusions) + softmaxes, **_describe(fusions)}
+    if softmaxes:
+        report["softmax"] = softmaxes
+    return mod, report
 
 
 def dispatched_kernels(mod: Any) -> Sequence[str]:
@@ -943,5 +972,6 @@ def dispatched_kernels(mod: Any) -> Sequence[str]:
         "ember.dnnl.conv2d_q8",
         "ember.dnnl.matmul_w8",
         "ember.dnnl.conv2d_w8",
+        "ember.dnnl.softmax",
     )
     return [name for name in names if f'"{name}"' in text]
