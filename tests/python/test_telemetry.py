@@ -39,6 +39,7 @@ COUNTERS = (
     "ember_inference_successes_total",
     "ember_inference_failures_total",
     "ember_inference_rejections_total",
+    "ember_inference_wakeups_total",
     "ember_router_requests_total",
 )
 PROCESS_GAUGES = (
@@ -136,6 +137,13 @@ def test_engine_metrics_render_as_valid_prometheus_histograms_and_counters(
     assert value(parsed, "ember_inference_rows_total", **MLP_1) == n_rows
     assert value(parsed, "ember_inference_successes_total", **MLP_1) == n_requests
     assert value(parsed, "ember_inference_rejections_total", **MLP_1) == 1
+    # Every accepted run() woke its caller once (the refused one never blocked), by one of the
+    # three ways; which one depends on whether its batch finished before it blocked.
+    woken = {
+        how: value(parsed, "ember_inference_wakeups_total", how=how, **MLP_1)
+        for how in ("at_once", "handed_off", "by_watchdog")
+    }
+    assert sum(woken.values()) == n_requests, woken
     for gauge in PROCESS_GAUGES:
         assert f"# TYPE {gauge} gauge" in text
         (sample,) = find(parsed, gauge)

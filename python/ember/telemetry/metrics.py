@@ -212,6 +212,8 @@ class MetricsRegistry(Collector):
         families.rejections.add_metric(labels, snapshot.rejections)
         for kind, count in sorted(snapshot.failures.items()):
             families.failures.add_metric([*labels, kind], count)
+        for how, count in sorted(snapshot.wakeups.items()):
+            families.wakeups.add_metric([*labels, how], count)
 
     # --- HTTP ----------------------------------------------------------------------------------
 
@@ -306,13 +308,14 @@ class _Families:
     successes: CounterMetricFamily
     failures: CounterMetricFamily
     rejections: CounterMetricFamily
+    wakeups: CounterMetricFamily
     router_latency: HistogramMetricFamily
     router_requests: CounterMetricFamily
 
     def per_model(self) -> Iterator[Metric]:
         yield from (
             self.total, self.queue, self.compute, self.batch_rows, self.requests, self.rows,
-            self.successes, self.failures, self.rejections, self.router_latency,
+            self.successes, self.failures, self.rejections, self.wakeups, self.router_latency,
             self.router_requests,
         )  # fmt: skip
 
@@ -349,6 +352,12 @@ def _families() -> _Families:
         rejections=counter(
             "ember_inference_rejections_total",
             "Requests refused at submit (queue full, engine closed, bad input).",
+        ),
+        wakeups=counter(
+            "ember_inference_wakeups_total",
+            "Callers blocked in engine.run woken, by how: at_once, handed_off (by the caller "
+            "before, blocking again) or by_watchdog (that caller did not call again in 500 us).",
+            "how",
         ),
         router_latency=histogram(
             "ember_router_request_duration_us",
