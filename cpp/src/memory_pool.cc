@@ -104,7 +104,7 @@ Result<Block> MemoryPool::Allocate(size_t nbytes) {
   return Block(shared_from_this(), data, capacity);
 }
 
-void MemoryPool::GrowClass(size_t index, size_t capacity, size_t count) {
+void MemoryPool::GrowClass(size_t index, size_t capacity, size_t count) noexcept {
   std::vector<void*> grown;
   try {
     grown.reserve(count);
@@ -116,11 +116,10 @@ void MemoryPool::GrowClass(size_t index, size_t capacity, size_t count) {
     if (data == nullptr) break;  // not a failure of any request: it simply grows less
     grown.push_back(data);
   }
-  std::vector<void*> unwanted;  // others filled the cache meanwhile: freed after unlocking
+  size_t kept = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto& list = free_lists_[index];
-    size_t kept = 0;
     for (; kept < grown.size() && stats_.bytes_cached + capacity <= max_cached_bytes_; ++kept) {
       try {
         list.push_back(grown[kept]);
@@ -131,9 +130,9 @@ void MemoryPool::GrowClass(size_t index, size_t capacity, size_t count) {
       ++owned_blocks_[index];
       stats_.bytes_cached += capacity;
     }
-    unwanted.assign(grown.begin() + static_cast<std::ptrdiff_t>(kept), grown.end());
   }
-  for (void* data : unwanted) allocator_.release(data);
+  // What others' returns left no room for (or the list could not take), after unlocking.
+  for (size_t i = kept; i < grown.size(); ++i) allocator_.release(grown[i]);
 }
 
 void MemoryPool::Return(void* data, size_t capacity_bytes) noexcept {

@@ -111,7 +111,7 @@ class MemoryPool : public std::enable_shared_from_this<MemoryPool> {
   void Return(void* data, size_t capacity_bytes) noexcept;
   static int ClassOf(size_t capacity_bytes);  // -1 for oversized
   // Allocates up to `count` spare blocks of one class into its free list (best effort).
-  void GrowClass(size_t index, size_t capacity, size_t count);
+  void GrowClass(size_t index, size_t capacity, size_t count) noexcept;
 
   const size_t max_cached_bytes_;
   const SystemAllocator allocator_;
