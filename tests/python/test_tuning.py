@@ -14,11 +14,12 @@ import ember
 from ember.compiler.tuning import database_dir
 
 
-def _norm_softmax_model() -> tuple[object, dict[str, np.ndarray]]:
-    """LayerNorm + Softmax: no library kernel covers them, so both are TVM loop nests to tune."""
+def _norm_log_softmax_model() -> tuple[object, dict[str, np.ndarray]]:
+    """LayerNorm + LogSoftmax: no library kernel covers them (Softmax has one), so both are TVM
+    loop nests to tune."""
     nodes = [
         helper.make_node("LayerNormalization", ["x", "scale", "shift"], ["n"], axis=-1),
-        helper.make_node("Softmax", ["n"], ["y"], axis=-1),
+        helper.make_node("LogSoftmax", ["n"], ["y"], axis=-1),
     ]
     model = make_model(
         nodes,
@@ -31,7 +32,7 @@ def _norm_softmax_model() -> tuple[object, dict[str, np.ndarray]]:
 
 
 def test_second_tuned_compile_hits_the_cache(tmp_path: Path) -> None:
-    model, feeds = _norm_softmax_model()
+    model, feeds = _norm_log_softmax_model()
     budget = ember.TuneBudget(trials=2, cache_dir=tmp_path / "cache", cost_model="random")
     reports = []
     for name in ("first", "second"):
@@ -59,7 +60,7 @@ def test_each_target_and_budget_has_its_own_database(tmp_path: Path) -> None:
 
 
 def test_untuned_compiles_record_no_tuning(tmp_path: Path) -> None:
-    model, _ = _norm_softmax_model()
+    model, _ = _norm_log_softmax_model()
     assert ember.compile(model, batch_sizes=(4,), output=tmp_path / "a").manifest["tuning"] is None
 
 
