@@ -191,6 +191,66 @@ TEST(Winograd, RunsConcurrentlyInsideAParallelRegion) {
   }
 }
 
+// Weight-only int8 (conv2d_wino_w8): int8 OHWI weights with per-output-channel scales, against
+// ember.dnnl.conv2d on the dequantized float weights and ember.dnnl.conv2d_w8 (oneDNN's direct
+// conv on the same int8 weights), within twice the budget. Two scale sets on the same int8
+// weights must not share a prepack: the compiler's weight id covers the scales.
+TEST(Winograd, WeightOnlyInt8MatchesTheReferenceAndTheDirectConv) {
+  RegisterDnnlKernels();
+  const WinoCase t{2, 9, 7, 20, 12, true, true, Activation::kRelu};
+  Conv conv(t, 77);
+  std::vector<int8_t> w8(conv.w.size());
+  std::vector<float> scales(static_cast<size_t>(t.k));
+  const size_t per_k = static_cast<size_t>(9 * t.c);
+  for (size_t k = 0; k < scales.size(); ++k) {
+    float absmax = 0;
+    for (size_t i = 0; i < per_k; ++i) absmax = std::max(absmax, std::fabs(conv.w[k * per_k + i]));
+    scales[k] = absmax / 127.0f;
+    for (size_t i = 0; i < per_k; ++i) {
+      w8[k * per_k + i] = static_cast<int8_t>(std::lrint(conv.w[k * per_k + i] / scales[k]));
+      conv.w[k * per_k + i] = static_cast<float>(w8[k * per_k + i]) * scales[k];
+    }
+  }
+  // oneDNN's direct conv on the dequantized float weights (tested against the double-precision
+  // reference above) is the reference here.
+  const std::vector<float> want_float = conv.Run("ember.dnnl.conv2d", 771);
+
+  auto run_w8 = [&](const char* kernel, const std::vector<float>& s, int64_t id) {
+    auto fn = ffi::Function::GetGlobal(kernel);
+    EXPECT_TRUE(fn.has_value()) << kernel;
+    std::vector<float> out(conv.residual.size(), std::numeric_limits<float>::quiet_NaN());
+    std::vector<float> scales_copy = s;
+    std::vector<int64_t> x_shape{t.n, t.h, t.w, t.c}, w_shape{t.k, 3, 3, t.c}, k_shape{t.k},
+        out_shape{t.n, t.h, t.w, t.k};
+    DLTensor tx = Dl(conv.x.data(), x_shape), tw = Dl(w8.data(), w_shape),
+             ts = Dl(scales_copy.data(), k_shape), tb = Dl(conv.bias.data(), k_shape),
+             tr = Dl(conv.residual.data(), out_shape), tout = Dl(out.data(), out_shape);
+    tw.dtype = DLDataType{kDLInt, 8, 1};
+    const int64_t one = 1;
+    (*fn)(&tx, &tw, &ts, &tb, &tr, one, one, one, one, one, one, one, one, one, int64_t{1},
+          int64_t{1}, static_cast<int64_t>(t.act), id, 0.0, 0.0, &tout);
+    return out;
+  };
+  const std::vector<float> wino = run_w8("ember.dnnl.conv2d_wino_w8", scales, 772);
+  const std::vector<float> direct = run_w8("ember.dnnl.conv2d_w8", scales, 773);
+  for (size_t i = 0; i < wino.size(); ++i) {
+    const double budget = kBudget * conv.scale[i] + 1e-6;  // scale: of the float weights, ~equal
+    ASSERT_NEAR(wino[i], want_float[i], 2 * budget) << "at " << i;
+    ASSERT_NEAR(wino[i], direct[i], 2 * budget) << "at " << i;
+  }
+  // Doubled scales under another id: the outputs change (no stale prepack reused).
+  std::vector<float> doubled = scales;
+  for (float& v : doubled) v *= 2;
+  const std::vector<float> wino2 = run_w8("ember.dnnl.conv2d_wino_w8", doubled, 774);
+  const std::vector<float> direct2 = run_w8("ember.dnnl.conv2d_w8", doubled, 775);
+  size_t differ = 0;
+  for (size_t i = 0; i < wino2.size(); ++i) {
+    ASSERT_NEAR(wino2[i], direct2[i], 4 * (kBudget * conv.scale[i] + 1e-6)) << "at " << i;
+    differ += std::fabs(wino2[i] - wino[i]) > 1e-3 ? 1 : 0;
+  }
+  EXPECT_GT(differ, wino.size() / 4);
+}
+
 TEST(Winograd, RefusesWhatItDoesNotCover) {
   RegisterDnnlKernels();
   auto fn = ffi::Function::GetGlobal("ember.dnnl.conv2d_wino");

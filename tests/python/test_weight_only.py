@@ -93,6 +93,78 @@ def test_convs_run_on_weight_only_kernels(
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
+def test_winograd_convs_keep_their_int8_weights_and_match(tmp_path: Path) -> None:
+    """3x3 convs that the Winograd kernel takes in float (64+ channels) take it with int8 weights
+    too (conv2d_wino_w8), which makes int8-weight as fast as fp32 there (benchmarks/quantization.py,
+    README.md). Tiles cut at odd edges, bias, ReLU and the residual add are all covered."""
+    from test_winograd import _block_model, _feeds
+
+    model, feeds = _block_model(2, 64, 9, 11), _feeds(2, 64, 9, 11)
+    artifact = ember.compile(
+        model, batch_sizes=None, output=tmp_path / "w8", precision="int8-weight"
+    )
+    stats = artifact.manifest["kernel_library"]
+    assert stats["conv2d_w8"] == stats["conv2d_wino"] == 2
+    got = ember.load(artifact.path).run(feeds)["y"]
+    want = as_written(quantize_weight_only(model), feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("channels", [8, 64])  # direct (conv2d_w8) and Winograd (conv2d_wino_w8)
+def test_convs_with_the_same_int8_weights_but_other_scales_stay_apart(
+    tmp_path: Path, channels: int
+) -> None:
+    """W and 2W quantize to the same int8 weights with scales twice as large. The kernels prepack
+    once per weight id, so the id must cover the scales, else the second conv reuses the first's."""
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((channels, channels, 3, 3)) / np.sqrt(9 * channels)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 6, 6])],
+        [("w", w), ("w2", 2 * w)],
+    )
+    q = quantize_weight_only(model)
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    np.testing.assert_array_equal(inits["w__ember_w8_int8"], inits["w2__ember_w8_int8"])
+    artifact = ember.compile(
+        model, batch_sizes=None, output=tmp_path / "w8", precision="int8-weight"
+    )
+    assert artifact.manifest["kernel_library"]["conv2d_w8"] == 2
+    feeds = {"x": rng.standard_normal((1, channels, 6, 6)).astype(np.float32)}
+    want = as_written(q, feeds)
+    got = ember.load(artifact.path).run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def test_matmuls_with_the_same_int8_weights_but_other_scales_stay_apart(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((16, 16)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("MatMul", ["h", "w2"], ["y"]),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        [("w", w), ("w2", 2 * w)],
+    )
+    artifact = ember.compile(
+        model, batch_sizes=(3,), output=tmp_path / "w8", precision="int8-weight"
+    )
+    assert artifact.manifest["kernel_library"]["matmul_w8"] == 2
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    want = as_written(quantize_weight_only(model), {"x": x})
+    got = ember.load(artifact.path).run({"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
 @pytest.mark.parametrize("trans_b", [0, 1])
 def test_gemm_and_matmul_layers_run_on_weight_only_kernels(tmp_path: Path, trans_b: int) -> None:
     rng = np.random.default_rng(2)

@@ -38,6 +38,7 @@ namespace ffi = tvm::ffi;
 using dnnl::memory;
 constexpr auto kF32 = memory::data_type::f32;
 constexpr const char* kName = "ember.dnnl.conv2d_wino";
+constexpr const char* kNameW8 = "ember.dnnl.conv2d_wino_w8";
 
 // Floats added to each of the 16 planes of V and M. Planes a multiple of 4 KiB apart put the 16
 // stores (loads) of one tile's transform in one L1 set, which thrashes it: padding them by a
@@ -349,15 +350,32 @@ class OmpThreads {
   int saved_;
 };
 
+// A conv's OHWI weights as the kernel got them: float32, or int8 with per-output-channel scales
+// (ember.dnnl.conv2d_wino_w8), dequantized only when U is first computed.
+struct Weights {
+  const void* data;
+  const float* scales;  // nullptr: `data` is float32
+};
+
 // U of weight `weight_id` in `packed_md`: transformed from `w` and reordered once per layout.
 // Called with the cache's exclusive lock held.
-std::shared_ptr<memory> PackedWeights(int64_t weight_id, const float* w, const Geometry& g,
+std::shared_ptr<memory> PackedWeights(int64_t weight_id, const Weights& w, const Geometry& g,
                                       const memory::desc& packed_md) {
   auto& layouts = Cache().packed[weight_id];
   for (const auto& [md, mem] : layouts) {
     if (md == packed_md) return mem;
   }
-  std::vector<float> u = TransformWeights(w, g.c, g.k);
+  std::vector<float> dequantized;
+  const float* w_float = static_cast<const float*>(w.data);
+  if (w.scales != nullptr) {  // int8 OHWI: w * scales[k], once per weight id
+    const auto* w8 = static_cast<const int8_t*>(w.data);
+    dequantized.resize(static_cast<size_t>(g.k * 9 * g.c));
+    for (size_t i = 0; i < dequantized.size(); ++i) {
+      dequantized[i] = static_cast<float>(w8[i]) * w.scales[i / static_cast<size_t>(9 * g.c)];
+    }
+    w_float = dequantized.data();
+  }
+  std::vector<float> u = TransformWeights(w_float, g.c, g.k);
   auto packed = std::make_shared<memory>(packed_md, Engine());
   memory plain(memory::desc({16, g.c, g.k}, kF32, memory::format_tag::abc), Engine(), u.data());
   dnnl::stream stream(Engine());
@@ -369,7 +387,7 @@ std::shared_ptr<memory> PackedWeights(int64_t weight_id, const float* w, const G
 
 // A single-threaded batched matmul [16, tiles, C] x [16, C, K] -> [16, tiles, K] over planes
 // padded by kPlanePad, its weights prepacked.
-Gemm MakeGemm(const Geometry& g, int64_t tiles, int64_t weight_id, const float* w) {
+Gemm MakeGemm(const Geometry& g, int64_t tiles, int64_t weight_id, const Weights& w) {
   const OmpThreads serial(1);  // built for (and run on) one thread: the blocks are the parallelism
   Gemm gemm;
   gemm.src_md = memory::desc({16, tiles, g.c}, kF32, {g.PlaneV(tiles), g.c, 1});
@@ -385,7 +403,7 @@ Gemm MakeGemm(const Geometry& g, int64_t tiles, int64_t weight_id, const float* 
   return gemm;
 }
 
-const Plan& GetPlan(const PlanKey& key, const Geometry& g, const float* w) {
+const Plan& GetPlan(const PlanKey& key, const Geometry& g, const Weights& w) {
   WinogradCache& cache = Cache();
   {
     std::shared_lock<std::shared_mutex> lock(cache.mutex);
@@ -481,18 +499,20 @@ void Run(const Plan& plan, const float* x, const Epilogue& ep, float* y) {
 
 // --- The packed function. ---
 
-// Argument i as a contiguous float32 CPU tensor.
-const DLTensor* FloatTensor(const ffi::PackedArgs& args, int i) {
+// Argument i as a contiguous CPU tensor of `bits`-bit `code` (float32 unless told otherwise).
+const DLTensor* TensorOf(const ffi::PackedArgs& args, int i, const char* name,
+                         DLDataTypeCode code = kDLFloat, int bits = 32) {
   const DLTensor* t = args[i].cast<DLTensor*>();  // throws TypeError for a non-tensor
-  if (t->device.device_type != kDLCPU || t->dtype.code != kDLFloat || t->dtype.bits != 32 ||
+  if (t->device.device_type != kDLCPU || t->dtype.code != code || t->dtype.bits != bits ||
       t->dtype.lanes != 1) {
-    TVM_FFI_THROW(TypeError) << kName << ": argument " << i << " must be a float32 CPU tensor";
+    TVM_FFI_THROW(TypeError) << name << ": argument " << i << " must be a "
+                             << (code == kDLFloat ? "float" : "int") << bits << " CPU tensor";
   }
   if (t->strides != nullptr) {
     int64_t expected = 1;
     for (int d = t->ndim - 1; d >= 0; --d) {
       if (t->shape[d] != 1 && t->strides[d] != expected) {
-        TVM_FFI_THROW(ValueError) << kName << ": argument " << i << " must be contiguous";
+        TVM_FFI_THROW(ValueError) << name << ": argument " << i << " must be contiguous";
       }
       expected *= t->shape[d];
     }
@@ -500,8 +520,9 @@ const DLTensor* FloatTensor(const ffi::PackedArgs& args, int i) {
   return t;
 }
 
-float* DataOf(const DLTensor* t) {
-  return reinterpret_cast<float*>(static_cast<char*>(t->data) + t->byte_offset);
+template <typename T = float>
+T* DataOf(const DLTensor* t) {
+  return reinterpret_cast<T*>(static_cast<char*>(t->data) + t->byte_offset);
 }
 
 bool ShapeIs(const DLTensor* t, std::initializer_list<int64_t> shape) {
@@ -513,48 +534,60 @@ bool ShapeIs(const DLTensor* t, std::initializer_list<int64_t> shape) {
 //   pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups, has_bias,
 //   has_residual, activation, weight_id, alpha, beta, out[N,H,W,K]): ember.dnnl.conv2d's
 // arguments; strides, dilations, groups 1 and pads 1, NHWC only.
-void Conv2dWino(ffi::PackedArgs args, ffi::Any* /*rv*/) {
-  if (args.size() != 20) TVM_FFI_THROW(ValueError) << kName << ": expects 20 arguments";
-  const DLTensor* x = FloatTensor(args, 0);
-  const DLTensor* w = FloatTensor(args, 1);
-  const DLTensor* out = FloatTensor(args, 19);
+//
+// ember.dnnl.conv2d_wino_w8(x, w[K,3,3,C] int8, w_scales[K], bias, ... as above ..., out):
+// weight-only int8 (ember.dnnl.conv2d_w8's arguments); the weights are dequantized once, when
+// their transform U is computed, so a call runs exactly as the float kernel does.
+void Conv2dWinoCommon(const ffi::PackedArgs& args, bool weight_only) {
+  const char* name = weight_only ? kNameW8 : kName;
+  const int shift = weight_only ? 1 : 0;  // w8: the scales follow the weights
+  if (args.size() != 20 + shift) {
+    TVM_FFI_THROW(ValueError) << name << ": expects " << 20 + shift << " arguments";
+  }
+  const DLTensor* x = TensorOf(args, 0, name);
+  const DLTensor* w = weight_only ? TensorOf(args, 1, name, kDLInt, 8) : TensorOf(args, 1, name);
+  const DLTensor* w_scales = weight_only ? TensorOf(args, 2, name) : nullptr;
+  const DLTensor* out = TensorOf(args, 19 + shift, name);
   int64_t ints[13];
-  for (int i = 0; i < 13; ++i) ints[i] = args[4 + i].cast<int64_t>();
+  for (int i = 0; i < 13; ++i) ints[i] = args[4 + shift + i].cast<int64_t>();
   const bool has_bias = ints[9] != 0, has_residual = ints[10] != 0;
   const int64_t activation = ints[11], weight_id = ints[12];
-  const auto alpha = static_cast<float>(args[17].cast<double>());
-  const auto beta = static_cast<float>(args[18].cast<double>());
+  const auto alpha = static_cast<float>(args[17 + shift].cast<double>());
+  const auto beta = static_cast<float>(args[18 + shift].cast<double>());
   for (int i = 0; i < 9; ++i) {  // strides, pads, dilations, groups
     if (ints[i] != 1) {
-      TVM_FFI_THROW(ValueError) << kName << ": only stride 1, pad 1, dilation 1 and groups 1 "
+      TVM_FFI_THROW(ValueError) << name << ": only stride 1, pad 1, dilation 1 and groups 1 "
                                 << "(a 3x3 'same' conv) are supported";
     }
   }
   if (x->ndim != 4 || out->ndim != 4) {
-    TVM_FFI_THROW(ValueError) << kName << ": expects NHWC (4-d) input and output";
+    TVM_FFI_THROW(ValueError) << name << ": expects NHWC (4-d) input and output";
   }
   const int64_t n = x->shape[0], h = x->shape[1], wd = x->shape[2], c = x->shape[3];
   if (w->ndim != 4 || w->shape[1] != 3 || w->shape[2] != 3 || w->shape[3] != c) {
-    TVM_FFI_THROW(ValueError) << kName << ": expects OHWI weights [K, 3, 3, " << c << "]";
+    TVM_FFI_THROW(ValueError) << name << ": expects OHWI weights [K, 3, 3, " << c << "]";
   }
   const int64_t k = w->shape[0];
+  if (w_scales != nullptr && !ShapeIs(w_scales, {k})) {
+    TVM_FFI_THROW(ValueError) << name << ": w_scales must be [" << k << "]";
+  }
   if (!ShapeIs(out, {n, h, wd, k})) {
-    TVM_FFI_THROW(ValueError) << kName << ": output must be [" << n << ", " << h << ", " << wd
+    TVM_FFI_THROW(ValueError) << name << ": output must be [" << n << ", " << h << ", " << wd
                               << ", " << k << "]";
   }
   if (n < 1 || h < 1 || wd < 1 || c < 1 || k < 1) {
-    TVM_FFI_THROW(ValueError) << kName << ": empty tensors are not supported";
+    TVM_FFI_THROW(ValueError) << name << ": empty tensors are not supported";
   }
-  const DLTensor* bias = has_bias ? FloatTensor(args, 2) : nullptr;
-  const DLTensor* residual = has_residual ? FloatTensor(args, 3) : nullptr;
+  const DLTensor* bias = has_bias ? TensorOf(args, 2 + shift, name) : nullptr;
+  const DLTensor* residual = has_residual ? TensorOf(args, 3 + shift, name) : nullptr;
   if (bias != nullptr && !ShapeIs(bias, {k})) {
-    TVM_FFI_THROW(ValueError) << kName << ": bias must be [" << k << "]";
+    TVM_FFI_THROW(ValueError) << name << ": bias must be [" << k << "]";
   }
   if (residual != nullptr && !ShapeIs(residual, {n, h, wd, k})) {
-    TVM_FFI_THROW(ValueError) << kName << ": residual must be shaped like the output";
+    TVM_FFI_THROW(ValueError) << name << ": residual must be shaped like the output";
   }
   if (DataOf(x) == DataOf(out)) {
-    TVM_FFI_THROW(ValueError) << kName << ": the output must not alias the input";
+    TVM_FFI_THROW(ValueError) << name << ": the output must not alias the input";
   }
   constexpr float kInf = std::numeric_limits<float>::infinity();
   Epilogue ep{bias ? DataOf(bias) : nullptr, residual ? DataOf(residual) : nullptr, true, -kInf, kInf};
@@ -563,7 +596,7 @@ void Conv2dWino(ffi::PackedArgs args, ffi::Any* /*rv*/) {
     case Activation::kRelu: ep.lo = 0.f; break;
     case Activation::kClip: ep.lo = alpha; ep.hi = beta; break;
     default:
-      TVM_FFI_THROW(ValueError) << kName << ": activation code " << activation
+      TVM_FFI_THROW(ValueError) << name << ": activation code " << activation
                                 << " is not supported (none, ReLU and clip are)";
   }
 
@@ -571,20 +604,26 @@ void Conv2dWino(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   // Inside a parallel region (a batch-splitting lane) nested regions run serially: one thread.
   const int threads = omp_in_parallel() ? 1 : std::max(omp_get_max_threads(), 1);
   try {
-    const Plan& plan = GetPlan(PlanKey{weight_id, n, h, wd, c, k, threads}, g, DataOf(w));
+    const Plan& plan = GetPlan(PlanKey{weight_id, n, h, wd, c, k, threads}, g,
+                                Weights{DataOf<void>(w), w_scales ? DataOf(w_scales) : nullptr});
     Run(plan, DataOf(x), ep, DataOf(out));
   } catch (const dnnl::error& err) {
-    TVM_FFI_THROW(RuntimeError) << kName << ": oneDNN error " << static_cast<int>(err.status)
+    TVM_FFI_THROW(RuntimeError) << name << ": oneDNN error " << static_cast<int>(err.status)
                                 << ": " << err.what();
   }
 }
+
+void Conv2dWino(ffi::PackedArgs args, ffi::Any* /*rv*/) { Conv2dWinoCommon(args, false); }
+void Conv2dWinoW8(ffi::PackedArgs args, ffi::Any* /*rv*/) { Conv2dWinoCommon(args, true); }
 
 }  // namespace
 
 void RegisterWinogradKernels() {
   static std::once_flag once;
   std::call_once(once, [] {
-    tvm::ffi::reflection::GlobalDef().def_packed(kName, Conv2dWino);
+    tvm::ffi::reflection::GlobalDef()
+        .def_packed(kName, Conv2dWino)
+        .def_packed(kNameW8, Conv2dWinoW8);
   });
 }
 

@@ -464,20 +464,22 @@ def _int8_matmul_call(f: _Fusion, q: _Int8Operands, out_var: Any) -> Any:
 
 
 def _weight_only_call(f: _Fusion, w8: _WeightOnly, out_var: Any) -> Any:
-    """ember.dnnl.conv2d_w8 / matmul_w8: the float call's arguments, with the int8 weights and
-    their scales in place of the float weights."""
+    """ember.dnnl.conv2d_w8 / conv2d_wino_w8 / matmul_w8: the float call's arguments, with the
+    int8 weights and their scales in place of the float weights. The kernels prepack the weights
+    once per weight id, so the id covers the scales too (W and 2W have the same int8 weights)."""
     from tvm import relax
 
     x = f.anchor.args[0]
     bias = relax.const(f.bias) if f.bias is not None else x
     residual = f.residual if f.residual is not None else x
     act, alpha, beta = f.activation
+    int8_and_scales = [w8.weights.view(np.uint8).ravel(), w8.scales.view(np.uint8)]
+    weight_id = _weight_id(np.concatenate(int8_and_scales))
     if f.kind == "conv2d":
-        ints = _conv_ints(f, _weight_id(w8.weights))
-        name = "ember.dnnl.conv2d_w8"
+        ints = _conv_ints(f, weight_id)
+        name = "ember.dnnl.conv2d_wino_w8" if f.winograd else "ember.dnnl.conv2d_w8"
     else:
-        ints = [1, int(f.bias is not None), int(f.residual is not None), act]
-        ints.append(_weight_id(w8.weights))
+        ints = [1, int(f.bias is not None), int(f.residual is not None), act, weight_id]
         name = "ember.dnnl.matmul_w8"
     weights = [relax.const(w8.weights), relax.const(w8.scales)]
     args = [x, *weights, bias, residual, *map(_prim, ints), _prim(alpha), _prim(beta)]
@@ -717,7 +719,7 @@ def _winograd_applies(f: _Fusion) -> bool:
       leave the GEMMs too thin for weights 16/9 the size of the direct conv's;
     - fewer than 64 channels: not measured, so not used (thin GEMMs again).
     """
-    if f.kind != "conv2d" or f.conv_q8 is not None or f.w8 is not None:
+    if f.kind != "conv2d" or f.conv_q8 is not None:  # weight-only int8: conv2d_wino_w8
         return False
     if f.activation[0] not in (ACT_NONE, ACT_RELU, ACT_CLIP):
         return False
@@ -972,6 +974,7 @@ def dispatched_kernels(mod: Any) -> Sequence[str]:
         "ember.dnnl.conv2d_q8",
         "ember.dnnl.matmul_w8",
         "ember.dnnl.conv2d_w8",
+        "ember.dnnl.conv2d_wino_w8",
         "ember.dnnl.softmax",
     )
     return [name for name in names if f'"{name}"' in text]

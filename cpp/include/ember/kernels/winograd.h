@@ -7,6 +7,8 @@
 // compiler's dispatch swaps only the name (python/ember/compiler/dispatch.py decides where), and
 // refuses what it does not cover with a ValueError: NCHW8c activations, kernels other than 3x3,
 // stride, dilation, groups or padding other than 1, activations other than none, ReLU and clip.
+// ember.dnnl.conv2d_wino_w8 is its weight-only int8 form (ember.dnnl.conv2d_w8's arguments): the
+// int8 weights are dequantized once, when U is computed, so it runs as fast as the float kernel.
 //
 // Per block of tiles (4x4 input patches, 2x2 outputs): V = B^T d B per tile and channel (AVX, or
 // portable code without it), M[e] = V[e] x U[e] for the 16 elements e as one batched oneDNN
@@ -21,7 +23,7 @@
 
 namespace ember::kernels {
 
-// Registers ember.dnnl.conv2d_wino with tvm-ffi (RegisterDnnlKernels calls it). Idempotent and
+// Registers ember.dnnl.conv2d_wino and conv2d_wino_w8 with tvm-ffi (RegisterDnnlKernels calls it). Idempotent and
 // thread-safe.
 void RegisterWinogradKernels();
 
