@@ -155,7 +155,7 @@ class CompletionQueue {
   void Push(Finished item) {
     bool was_empty;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      const auto lock = SpinLocked(mutex_);  // a lane: never sleep on the dispatcher's brief hold
       was_empty = items_.empty();
       items_.push_back(std::move(item));
     }
@@ -178,7 +178,13 @@ class CompletionQueue {
     {
       std::unique_ptr<py::gil_scoped_release> release;
       if (timeout_s != 0) release = std::make_unique<py::gil_scoped_release>();
-      std::unique_lock<std::mutex> lock(mutex_);
+      if (fd_ >= 0) {
+        // Re-arm the fd before taking the items, outside the lock (a syscall: lanes must not
+        // wait on it). A push after the read is taken below or writes the fd again itself.
+        uint64_t count;
+        [[maybe_unused]] const ssize_t n = read(fd_, &count, sizeof(count));
+      }
+      auto lock = SpinLocked(mutex_);
       auto has_work = [&] { return !items_.empty() || closed_; };
       if (timeout_s < 0) {
         ready_.wait(lock, has_work);
@@ -187,10 +193,6 @@ class CompletionQueue {
       }
       ready.swap(items_);
       finished = ready.empty() && closed_;
-      if (fd_ >= 0) {
-        uint64_t count;
-        [[maybe_unused]] const ssize_t n = read(fd_, &count, sizeof(count));  // re-arm the fd
-      }
     }
     if (finished) return -1;
     last_dispatched_.store(ready.size(), std::memory_order_relaxed);

@@ -274,7 +274,7 @@ Status Engine::Submit(const runtime::NamedTensorViews& inputs, const SubmitOptio
   meta.deadline_us = timeout_us > 0 ? request.arrival_us + timeout_us : kNoDeadline;
   const int64_t rows = request.rows;
   {
-    std::lock_guard<std::mutex> lock(s.mutex);
+    const auto lock = SpinLocked(s.mutex);  // the lane holds it for microseconds at most
     if (s.closing) return reject(Status::Closed("the engine is closed; no new requests are accepted"));
     if (static_cast<int64_t>(s.pending.size()) >= s.options.max_queue_size) {
       return reject(Status::QueueFull("the engine's queue is full (max_queue_size=" +
@@ -341,7 +341,7 @@ void Engine::Impl::LaneMain(size_t lane) {
       RunBatch(executor, batch);
       batch.clear();
     }
-    lock.lock();
+    LockSpinning(lock);
   }
 }
 
@@ -357,7 +357,7 @@ void Engine::Impl::WaitForWork(std::unique_lock<std::mutex>& lock, int64_t until
     while (!(arrived = arrivals.load(std::memory_order_acquire) != seen) && NowUs() < spin_until) {
       for (int i = 0; i < 16; ++i) CpuRelax();
     }
-    lock.lock();
+    LockSpinning(lock);
     if (arrived || closing || NowUs() >= until_us) return;
     if (arrivals.load(std::memory_order_acquire) != seen) return;
   }

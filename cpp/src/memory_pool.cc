@@ -5,6 +5,8 @@
 #include <string>
 #include <utility>
 
+#include "ember/cpu_relax.h"
+
 namespace ember::memory {
 
 SystemAllocator SystemAllocator::Default() {
@@ -66,16 +68,25 @@ Result<Block> MemoryPool::Allocate(size_t nbytes) {
   const size_t capacity = CapacityFor(nbytes);
   const int size_class = ClassOf(capacity);
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    // Lanes and callers allocate and return blocks at once, each holding the lock briefly:
+    // spinning first saves the futex sleep and wake-up (see LockSpinning).
+    auto lock = SpinLocked(mutex_);
     if (size_class >= 0 && !free_lists_[static_cast<size_t>(size_class)].empty()) {
-      auto& list = free_lists_[static_cast<size_t>(size_class)];
+      const auto index = static_cast<size_t>(size_class);
+      auto& list = free_lists_[index];
       void* data = list.back();
       list.pop_back();
       ++stats_.hits;
       stats_.bytes_cached -= capacity;
       stats_.bytes_in_use += capacity;
       stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
-      return Block(shared_from_this(), data, capacity);
+      Block block(shared_from_this(), data, capacity);
+      if (capacity <= kGrowClassMaxBytes && list.size() < owned_blocks_[index] / 4) {
+        const size_t extra = GrowthLocked(index, capacity);  // ahead of the peak
+        lock.unlock();
+        GrowClass(index, capacity, extra);
+      }
+      return block;
     }
     ++stats_.misses;
   }
@@ -92,16 +103,23 @@ Result<Block> MemoryPool::Allocate(size_t nbytes) {
   stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
   if (size_class >= 0) {
     const size_t index = static_cast<size_t>(size_class);
-    const size_t owned = owned_blocks_[index]++;
-    if (owned > 0 && capacity <= kGrowClassMaxBytes) {
-      size_t extra = std::min(owned, kMaxGrowBlocks);
-      const size_t room = max_cached_bytes_ - std::min(max_cached_bytes_, stats_.bytes_cached);
-      extra = std::min(extra, room / capacity);
+    const bool grow = owned_blocks_[index] > 0 && capacity <= kGrowClassMaxBytes;
+    const size_t extra = grow ? GrowthLocked(index, capacity) : 0;
+    ++owned_blocks_[index];
+    if (grow) {
       lock.unlock();
       GrowClass(index, capacity, extra);
     }
   }
   return Block(shared_from_this(), data, capacity);
+}
+
+size_t MemoryPool::GrowthLocked(size_t index, size_t capacity) const {
+  const size_t owned = owned_blocks_[index];
+  const size_t slab = kGrowClassMaxBytes / capacity;  // >= 1 for a small class
+  const size_t to_fill_slab = slab > owned + 1 ? slab - owned - 1 : 0;  // + the block asked for
+  const size_t room = max_cached_bytes_ - std::min(max_cached_bytes_, stats_.bytes_cached);
+  return std::min(std::max(std::min(owned, kMaxGrowBlocks), to_fill_slab), room / capacity);
 }
 
 void MemoryPool::GrowClass(size_t index, size_t capacity, size_t count) noexcept {
@@ -138,7 +156,7 @@ void MemoryPool::GrowClass(size_t index, size_t capacity, size_t count) noexcept
 void MemoryPool::Return(void* data, size_t capacity_bytes) noexcept {
   const int size_class = ClassOf(capacity_bytes);
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    const auto lock = SpinLocked(mutex_);
     stats_.bytes_in_use -= capacity_bytes;
     if (size_class >= 0 && stats_.bytes_cached + capacity_bytes <= max_cached_bytes_) {
       try {

@@ -109,29 +109,44 @@ TEST(MemoryPool, SmallClassesGrowGeometricallyBigOnesOneBlockAtATime) {
     ASSERT_TRUE(block.ok());
     held.push_back(std::move(block).value());
   };
-  take(1000);  // first block of its class: just it
+  constexpr size_t kLargest = MemoryPool::kGrowClassMaxBytes;  // a slab of one block
+  const size_t largest = kLargest - 1000;
+  take(largest);  // first block of its class: just it
   EXPECT_EQ(pool->stats().allocations, 1u);
-  take(1000);  // a miss with 1 owned: it and 1 spare
+  take(largest);  // a miss with 1 owned: it and 1 spare
   EXPECT_EQ(pool->stats().allocations, 3u);
-  EXPECT_EQ(pool->stats().bytes_cached, 1024u);
-  take(1000);  // the spare
+  EXPECT_EQ(pool->stats().bytes_cached, kLargest);
+  take(largest);  // the spare (0 free of 3: a quarter of 3 rounds down to 0, so no growth)
   EXPECT_EQ(pool->stats().allocations, 3u);
   EXPECT_EQ(pool->stats().misses, 2u);
-  take(1000);  // a miss with 3 owned: it and 3 spares
+  take(largest);  // a miss with 3 owned: it and 3 spares
   EXPECT_EQ(pool->stats().allocations, 7u);
-  EXPECT_EQ(pool->stats().bytes_cached, 3u * 1024u);
+  EXPECT_EQ(pool->stats().bytes_cached, 3u * kLargest);
+  take(largest);  // 2 of 7 free, then 1: at least 7 / 4 = 1 free, nothing new
+  take(largest);
+  EXPECT_EQ(pool->stats().allocations, 7u);
+  take(largest);  // 0 of 7 free (< 1): 7 more, ahead of the next miss
+  EXPECT_EQ(pool->stats().allocations, 14u);
+  EXPECT_EQ(pool->stats().bytes_cached, 7u * kLargest);
+  EXPECT_EQ(pool->stats().misses, 3u);
+
+  take(1000);  // a 1 KiB class: its first block alone, then a slab of 64 on its first growth
+  EXPECT_EQ(pool->stats().allocations, 15u);
+  take(1000);
+  EXPECT_EQ(pool->stats().allocations, 15u + 63u);
+  EXPECT_EQ(pool->stats().bytes_cached, 7u * kLargest + 62u * 1024u);
 
   const size_t big = MemoryPool::kGrowClassMaxBytes * 2;
   take(big);
   take(big);
   PoolStats s = pool->stats();
-  EXPECT_EQ(s.allocations, 9u);  // one each
-  EXPECT_EQ(s.bytes_cached, 3u * 1024u);
+  EXPECT_EQ(s.allocations, 15u + 63u + 2u);  // one each
+  EXPECT_EQ(s.bytes_cached, 7u * kLargest + 62u * 1024u);
   held.clear();
   pool->Trim();
   EXPECT_EQ(pool->stats().bytes_cached, 0u);
-  take(1000);  // trimmed: the class owns nothing again, so it starts over with one block
-  EXPECT_EQ(pool->stats().allocations, 10u);
+  take(largest);  // trimmed: the class owns nothing again, so it starts over with one block
+  EXPECT_EQ(pool->stats().allocations, 15u + 63u + 3u);
 }
 
 TEST(MemoryPool, OversizedBlocksAreFreedOnRelease) {
@@ -235,7 +250,9 @@ TEST(MemoryPool, ConcurrentUseKeepsCountsExact) {
   PoolStats s = pool->stats();
   EXPECT_EQ(s.hits + s.misses, static_cast<uint64_t>(kThreads * kRounds));
   EXPECT_EQ(s.bytes_in_use, 0u);
-  EXPECT_LE(s.allocations, static_cast<uint64_t>(kThreads * 6));  // at most one per thread and class
+  // Bounded: the 4 classes used (256 B to 2 KiB) grow at most to a slab each plus doubling
+  // for 4 threads, not once per round.
+  EXPECT_LE(s.allocations, 4 * (MemoryPool::kGrowClassMaxBytes / 256) + 4u * kThreads * 2);
 }
 
 }  // namespace
