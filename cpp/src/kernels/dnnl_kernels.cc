@@ -27,6 +27,7 @@
 
 #include "ember/kernels/winograd.h"
 #include "ember/quant.h"
+#include "kernel_args.h"
 
 namespace ember::kernels {
 namespace {
@@ -154,9 +155,10 @@ void* ThreadScratchpad(size_t nbytes) {
   return buffer.data();
 }
 
-// Argument i as a contiguous CPU tensor of the given element type (float32 by default).
+}  // namespace
+
 const DLTensor* TensorArg(const ffi::PackedArgs& args, int i, const char* kernel,
-                          DLDataTypeCode code = kDLFloat, int bits = 32) {
+                          DLDataTypeCode code, int bits) {
   const DLTensor* t = args[i].cast<DLTensor*>();  // throws TypeError for a non-tensor
   if (t->device.device_type != kDLCPU || t->dtype.code != code || t->dtype.bits != bits ||
       t->dtype.lanes != 1) {
@@ -174,6 +176,26 @@ const DLTensor* TensorArg(const ffi::PackedArgs& args, int i, const char* kernel
   }
   return t;
 }
+
+ConvArgs ParseConvArgs(const ffi::PackedArgs& args, const char* kernel, bool weight_only) {
+  const int shift = weight_only ? 1 : 0;  // w8: the scales follow the weights
+  if (args.size() != 20 + shift) {
+    TVM_FFI_THROW(ValueError) << kernel << ": expects " << 20 + shift << " arguments";
+  }
+  ConvArgs a;
+  a.x = TensorArg(args, 0, kernel);
+  a.w = weight_only ? TensorArg(args, 1, kernel, kDLInt, 8) : TensorArg(args, 1, kernel);
+  if (weight_only) a.w_scales = TensorArg(args, 2, kernel);
+  a.out = TensorArg(args, 19 + shift, kernel);
+  for (size_t i = 0; i < a.ints.size(); ++i) a.ints[i] = args[4 + shift + static_cast<int>(i)].cast<int64_t>();
+  if (a.ints[9] != 0) a.bias = TensorArg(args, 2 + shift, kernel);
+  if (a.ints[10] != 0) a.residual = TensorArg(args, 3 + shift, kernel);
+  a.alpha = static_cast<float>(args[17 + shift].cast<double>());
+  a.beta = static_cast<float>(args[18 + shift].cast<double>());
+  return a;
+}
+
+namespace {
 
 void* DataOf(const DLTensor* t) { return static_cast<char*>(t->data) + t->byte_offset; }
 
@@ -473,23 +495,11 @@ ConvGeometry ConvGeometryOf(const DLTensor* x, const DLTensor* w, const DLTensor
 // prepack dequantizes them into the float primitive's layout (see PackWeights).
 void Conv2dCommon(const ffi::PackedArgs& args, bool weight_only) {
   const char* kName = weight_only ? "ember.dnnl.conv2d_w8" : "ember.dnnl.conv2d";
-  const int shift = weight_only ? 1 : 0;  // w8: the scales follow the weights
-  if (args.size() != 20 + shift) {
-    TVM_FFI_THROW(ValueError) << kName << ": expects " << 20 + shift << " arguments";
-  }
-  const DLTensor* x = TensorArg(args, 0, kName);
-  const DLTensor* w = weight_only ? TensorArg(args, 1, kName, kDLInt, 8) : TensorArg(args, 1, kName);
-  const DLTensor* w_scales = weight_only ? TensorArg(args, 2, kName) : nullptr;
-  const DLTensor* out = TensorArg(args, 19 + shift, kName);
-  int64_t ints[13];
-  for (int i = 0; i < 13; ++i) ints[i] = args[4 + shift + i].cast<int64_t>();
-  const auto [sh, sw, pt, pl, pb, pr, dh, dw, groups, has_bias, has_res, act, weight_id] =
-      std::tuple{ints[0], ints[1], ints[2], ints[3], ints[4], ints[5], ints[6], ints[7], ints[8],
-                 ints[9], ints[10], ints[11], ints[12]};
-  const auto alpha = static_cast<float>(args[17 + shift].cast<double>());
-  const auto beta = static_cast<float>(args[18 + shift].cast<double>());
-  const DLTensor* bias = has_bias ? TensorArg(args, 2 + shift, kName) : nullptr;
-  const DLTensor* residual = has_res ? TensorArg(args, 3 + shift, kName) : nullptr;
+  const ConvArgs parsed = ParseConvArgs(args, kName, weight_only);
+  const DLTensor *x = parsed.x, *w = parsed.w, *w_scales = parsed.w_scales, *out = parsed.out;
+  const DLTensor *bias = parsed.bias, *residual = parsed.residual;
+  const auto [sh, sw, pt, pl, pb, pr, dh, dw, groups, has_bias, has_res, act, weight_id] = parsed.ints;
+  const float alpha = parsed.alpha, beta = parsed.beta;
   const auto [n, c, h, wd, o, kh, kw, oh, ow, blocked, act_tag] = ConvGeometryOf(x, w, out, kName);
   if (weight_only && (w_scales->ndim != 1 || w_scales->shape[0] != o)) {
     TVM_FFI_THROW(ValueError) << kName << ": w_scales must be [" << o << "]";

@@ -30,6 +30,7 @@
 #endif
 
 #include "ember/kernels/dnnl_kernels.h"
+#include "kernel_args.h"
 
 namespace ember::kernels {
 namespace {
@@ -499,27 +500,6 @@ void Run(const Plan& plan, const float* x, const Epilogue& ep, float* y) {
 
 // --- The packed function. ---
 
-// Argument i as a contiguous CPU tensor of `bits`-bit `code` (float32 unless told otherwise).
-const DLTensor* TensorOf(const ffi::PackedArgs& args, int i, const char* name,
-                         DLDataTypeCode code = kDLFloat, int bits = 32) {
-  const DLTensor* t = args[i].cast<DLTensor*>();  // throws TypeError for a non-tensor
-  if (t->device.device_type != kDLCPU || t->dtype.code != code || t->dtype.bits != bits ||
-      t->dtype.lanes != 1) {
-    TVM_FFI_THROW(TypeError) << name << ": argument " << i << " must be a "
-                             << (code == kDLFloat ? "float" : "int") << bits << " CPU tensor";
-  }
-  if (t->strides != nullptr) {
-    int64_t expected = 1;
-    for (int d = t->ndim - 1; d >= 0; --d) {
-      if (t->shape[d] != 1 && t->strides[d] != expected) {
-        TVM_FFI_THROW(ValueError) << name << ": argument " << i << " must be contiguous";
-      }
-      expected *= t->shape[d];
-    }
-  }
-  return t;
-}
-
 template <typename T = float>
 T* DataOf(const DLTensor* t) {
   return reinterpret_cast<T*>(static_cast<char*>(t->data) + t->byte_offset);
@@ -540,22 +520,12 @@ bool ShapeIs(const DLTensor* t, std::initializer_list<int64_t> shape) {
 // their transform U is computed, so a call runs exactly as the float kernel does.
 void Conv2dWinoCommon(const ffi::PackedArgs& args, bool weight_only) {
   const char* name = weight_only ? kNameW8 : kName;
-  const int shift = weight_only ? 1 : 0;  // w8: the scales follow the weights
-  if (args.size() != 20 + shift) {
-    TVM_FFI_THROW(ValueError) << name << ": expects " << 20 + shift << " arguments";
-  }
-  const DLTensor* x = TensorOf(args, 0, name);
-  const DLTensor* w = weight_only ? TensorOf(args, 1, name, kDLInt, 8) : TensorOf(args, 1, name);
-  const DLTensor* w_scales = weight_only ? TensorOf(args, 2, name) : nullptr;
-  const DLTensor* out = TensorOf(args, 19 + shift, name);
-  int64_t ints[13];
-  for (int i = 0; i < 13; ++i) ints[i] = args[4 + shift + i].cast<int64_t>();
-  const bool has_bias = ints[9] != 0, has_residual = ints[10] != 0;
-  const int64_t activation = ints[11], weight_id = ints[12];
-  const auto alpha = static_cast<float>(args[17 + shift].cast<double>());
-  const auto beta = static_cast<float>(args[18 + shift].cast<double>());
+  const ConvArgs parsed = ParseConvArgs(args, name, weight_only);
+  const DLTensor *x = parsed.x, *w = parsed.w, *w_scales = parsed.w_scales, *out = parsed.out;
+  const DLTensor *bias = parsed.bias, *residual = parsed.residual;
+  const int64_t activation = parsed.ints[11], weight_id = parsed.ints[12];
   for (int i = 0; i < 9; ++i) {  // strides, pads, dilations, groups
-    if (ints[i] != 1) {
+    if (parsed.ints[static_cast<size_t>(i)] != 1) {
       TVM_FFI_THROW(ValueError) << name << ": only stride 1, pad 1, dilation 1 and groups 1 "
                                 << "(a 3x3 'same' conv) are supported";
     }
@@ -578,8 +548,6 @@ void Conv2dWinoCommon(const ffi::PackedArgs& args, bool weight_only) {
   if (n < 1 || h < 1 || wd < 1 || c < 1 || k < 1) {
     TVM_FFI_THROW(ValueError) << name << ": empty tensors are not supported";
   }
-  const DLTensor* bias = has_bias ? TensorOf(args, 2 + shift, name) : nullptr;
-  const DLTensor* residual = has_residual ? TensorOf(args, 3 + shift, name) : nullptr;
   if (bias != nullptr && !ShapeIs(bias, {k})) {
     TVM_FFI_THROW(ValueError) << name << ": bias must be [" << k << "]";
   }
@@ -594,7 +562,7 @@ void Conv2dWinoCommon(const ffi::PackedArgs& args, bool weight_only) {
   switch (static_cast<Activation>(activation)) {
     case Activation::kNone: ep.clamp = false; break;
     case Activation::kRelu: ep.lo = 0.f; break;
-    case Activation::kClip: ep.lo = alpha; ep.hi = beta; break;
+    case Activation::kClip: ep.lo = parsed.alpha; ep.hi = parsed.beta; break;
     default:
       TVM_FFI_THROW(ValueError) << name << ": activation code " << activation
                                 << " is not supported (none, ReLU and clip are)";
