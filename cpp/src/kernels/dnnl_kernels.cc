@@ -187,7 +187,9 @@ ConvArgs ParseConvArgs(const ffi::PackedArgs& args, const char* kernel, bool wei
   a.w = weight_only ? TensorArg(args, 1, kernel, kDLInt, 8) : TensorArg(args, 1, kernel);
   if (weight_only) a.w_scales = TensorArg(args, 2, kernel);
   a.out = TensorArg(args, 19 + shift, kernel);
-  for (size_t i = 0; i < a.ints.size(); ++i) a.ints[i] = args[4 + shift + static_cast<int>(i)].cast<int64_t>();
+  for (size_t i = 0; i < a.ints.size(); ++i) {
+    a.ints[i] = args[4 + shift + static_cast<int>(i)].cast<int64_t>();
+  }
   if (a.ints[9] != 0) a.bias = TensorArg(args, 2 + shift, kernel);
   if (a.ints[10] != 0) a.residual = TensorArg(args, 3 + shift, kernel);
   a.alpha = static_cast<float>(args[17 + shift].cast<double>());
@@ -498,7 +500,8 @@ void Conv2dCommon(const ffi::PackedArgs& args, bool weight_only) {
   const ConvArgs parsed = ParseConvArgs(args, kName, weight_only);
   const DLTensor *x = parsed.x, *w = parsed.w, *w_scales = parsed.w_scales, *out = parsed.out;
   const DLTensor *bias = parsed.bias, *residual = parsed.residual;
-  const auto [sh, sw, pt, pl, pb, pr, dh, dw, groups, has_bias, has_res, act, weight_id] = parsed.ints;
+  const auto [sh, sw, pt, pl, pb, pr, dh, dw, groups, has_bias, has_res, act, weight_id] =
+      parsed.ints;
   const float alpha = parsed.alpha, beta = parsed.beta;
   const auto [n, c, h, wd, o, kh, kw, oh, ow, blocked, act_tag] = ConvGeometryOf(x, w, out, kName);
   if (weight_only && (w_scales->ndim != 1 || w_scales->shape[0] != o)) {

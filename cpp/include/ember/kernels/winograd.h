@@ -23,8 +23,8 @@
 
 namespace ember::kernels {
 
-// Registers ember.dnnl.conv2d_wino and conv2d_wino_w8 with tvm-ffi (RegisterDnnlKernels calls it). Idempotent and
-// thread-safe.
+// Registers ember.dnnl.conv2d_wino and conv2d_wino_w8 with tvm-ffi (RegisterDnnlKernels calls
+// it). Idempotent and thread-safe.
 void RegisterWinogradKernels();
 
 // Plans (per conv shape and thread count: the GEMM primitives) currently cached.
