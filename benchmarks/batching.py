@@ -556,6 +556,12 @@ def evaluate(report: ModelReport) -> None:
     overhead = report.engine_us - report.direct_us
     if report.direct_us < 1000:  # beyond that, run-to-run noise is larger than the target
         checks.append(("1-client overhead <= 10 us", overhead <= 10, f"{overhead:.1f} us"))
+        alone, alone_direct = (_find(report, "asyncio", 1, m) for m in ("engine", "direct"))
+        if alone is not None and alone_direct is not None:  # p50s of the 1-task asyncio runs
+            extra = alone.p50_us - alone_direct.p50_us
+            checks.append(
+                ("asyncio: 1-task overhead <= 10 us (p50)", extra <= 10, f"{extra:.1f} us")
+            )
     p99_bound_us = report.delay_us + 2 * report.batch_compute_ms * 1e3
     for kind in ("threads", "asyncio"):
         engine = _find(report, kind, TARGET_CLIENTS, "engine")

@@ -152,6 +152,17 @@ class CompletionQueue {
   // How many futures the latest Dispatch() resolved (1 for a lone caller).
   size_t last_dispatched() const { return last_dispatched_.load(std::memory_order_relaxed); }
 
+  // A submitter on the loop's thread polls for its completion and resolves it itself
+  // (Dispatch(0, false)): while it polls, Push() leaves the fd alone, which saves the write, the
+  // loop's wake-up and its read (syscalls: ~5 us each on a VM). EndInlineWait() says whether a
+  // completion came in; if it did not, every later Push() signals the fd as usual. (Dekker-style:
+  // seq_cst on both sides, so a Push() either sees the poller or is seen by it.)
+  void BeginInlineWait() { inline_waiter_.store(true, std::memory_order_seq_cst); }
+  bool EndInlineWait(uint64_t pushed_before) {
+    inline_waiter_.store(false, std::memory_order_seq_cst);
+    return pushed_.load(std::memory_order_seq_cst) != pushed_before;
+  }
+
   void Push(Finished item) {
     bool was_empty;
     {
@@ -160,10 +171,10 @@ class CompletionQueue {
       items_.push_back(std::move(item));
     }
     outstanding_.fetch_sub(1, std::memory_order_acq_rel);
-    pushed_.fetch_add(1, std::memory_order_acq_rel);
+    pushed_.fetch_add(1, std::memory_order_seq_cst);
     if (!was_empty) return;  // whoever dispatches has been woken already
     ready_.notify_one();
-    if (fd_ >= 0) {
+    if (fd_ >= 0 && !inline_waiter_.load(std::memory_order_seq_cst)) {
       const uint64_t one = 1;
       [[maybe_unused]] const ssize_t n = write(fd_, &one, sizeof(one));
     }
@@ -172,13 +183,14 @@ class CompletionQueue {
   // Resolves the futures of every finished request. timeout_s < 0 waits until there is one or
   // the queue is closed, > 0 waits at most that long, 0 does not wait. Returns how many futures
   // it resolved, or -1 once the queue is closed and empty.
-  int Dispatch(double timeout_s) {
+  // `rearm` false: leave the fd alone (an inline waiter's dispatch; nothing was written to it).
+  int Dispatch(double timeout_s, bool rearm = true) {
     std::vector<Finished> ready;
     bool finished = false;
     {
       std::unique_ptr<py::gil_scoped_release> release;
       if (timeout_s != 0) release = std::make_unique<py::gil_scoped_release>();
-      if (fd_ >= 0) {
+      if (fd_ >= 0 && rearm) {
         // Re-arm the fd before taking the items, outside the lock (a syscall: lanes must not
         // wait on it). A push after the read is taken below or writes the fd again itself.
         uint64_t count;
@@ -252,6 +264,7 @@ class CompletionQueue {
   std::atomic<int> outstanding_{0};
   std::atomic<uint64_t> pushed_{0};
   std::atomic<size_t> last_dispatched_{0};
+  std::atomic<bool> inline_waiter_{false};
 };
 
 // The result of a blocking run(), handed over by the completing lane; its thread is woken
@@ -355,8 +368,14 @@ class PyEngine {
     // loop finds the result ready instead of sleeping in epoll and paying a thread wake-up. With
     // several callers this would hold back the others' submissions, so it never happens then.
     if (target->for_asyncio() && target->outstanding() == 1 && target->last_dispatched() <= 1) {
-      py::gil_scoped_release release;
-      SpinWhileFast([&] { return target->pushed() != pushed_before; });
+      target->BeginInlineWait();
+      {
+        py::gil_scoped_release release;
+        SpinWhileFast([&] { return target->pushed() != pushed_before; });
+      }
+      // Came in: resolve the future here, on the loop's thread as the loop would, with no fd
+      // round trip; Engine.infer then finds it done.
+      if (target->EndInlineWait(pushed_before)) target->Dispatch(0, /*rearm=*/false);
     }
   }
 
@@ -444,7 +463,8 @@ void BindEngine(py::module_& m) {
   py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(
       m, "CompletionQueue", "Finished engine requests waiting to resolve their Python futures.")
       .def(py::init<bool>(), py::arg("for_asyncio"))
-      .def("dispatch", &CompletionQueue::Dispatch, py::arg("timeout_s") = -1.0,
+      .def("dispatch", [](CompletionQueue& queue, double timeout_s) { return queue.Dispatch(timeout_s); },
+           py::arg("timeout_s") = -1.0,
            "Resolve finished futures; waits per timeout_s (GIL released); -1 once closed.")
       .def("close", &CompletionQueue::Close)
       .def_property_readonly("fd", &CompletionQueue::fd);

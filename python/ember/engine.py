@@ -26,6 +26,12 @@ from .model import Model
 
 Outputs = dict[str, np.ndarray]
 
+# A lone asyncio caller of a fast model gets its result during submit (the core polls for it
+# briefly and resolves the future itself), so `await engine.infer(...)` returns without a loop
+# round; one call in this many still yields, so that a task calling in a loop cannot starve the
+# loop's other tasks for longer than a few milliseconds.
+YIELD_EVERY_INLINE = 16
+
 
 @dataclass(frozen=True)
 class Distribution:
@@ -129,6 +135,7 @@ class Engine:
             asyncio.AbstractEventLoop, _core.CompletionQueue
         ] = weakref.WeakKeyDictionary()
         self._last_loop_queue: tuple[asyncio.AbstractEventLoop, _core.CompletionQueue] | None = None
+        self._resolved_in_submit = 0  # infer() calls whose future was done at once (see above)
         _live_engines.add(self)
 
     # --- requests -----------------------------------------------------------------------------
@@ -158,6 +165,11 @@ class Engine:
         self._core.submit(
             _as_dict(inputs), future, self._loop_queue(loop), priority, _timeout(timeout_us)
         )
+        if future.done():  # a lone caller of a fast model: resolved during submit, no loop round
+            self._resolved_in_submit += 1
+            if self._resolved_in_submit % YIELD_EVERY_INLINE == 0:
+                await asyncio.sleep(0)  # still let the loop's other tasks run now and then
+            return future.result()
         return await future
 
     # --- lifecycle and introspection -----------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from helpers import mlp
 
 import ember
+from ember.engine import YIELD_EVERY_INLINE
 
 ATOL = 1e-5  # batched vs single rows: the same kernels, at most a different reduction order
 
@@ -116,6 +117,40 @@ def test_asyncio_infer_without_a_thread_per_request(
     for got, x in zip(results, inputs, strict=True):
         np.testing.assert_allclose(got["y"], mlp_model.run({"x": x})["y"], atol=ATOL)
     assert engine.metrics().batch_rows.max > 1, "200 concurrent tasks never shared a batch"
+
+
+def test_a_task_calling_infer_in_a_loop_still_lets_other_tasks_run(
+    engine: ember.Engine, mlp_model: ember.Model
+) -> None:
+    """A lone caller of a fast model may get each result during submit, without a loop round
+    (the core resolves the future itself); it must still yield regularly, as awaiting a pending
+    future does, or a task inferring in a loop would starve every other task of the loop."""
+    x = rows(1, 3)
+    want = mlp_model.run({"x": x})["y"]
+    calls = 20 * YIELD_EVERY_INLINE
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def scenario() -> int:
+        """The most calls in a row during which the ticker never ran."""
+        task = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)  # the ticker runs
+        longest = streak = 0
+        for _ in range(calls):
+            before = ticks
+            got = await engine.infer({"x": x})
+            np.testing.assert_allclose(got["y"], want, atol=ATOL)
+            streak = streak + 1 if ticks == before else 0
+            longest = max(longest, streak)
+        task.cancel()
+        return longest
+
+    assert asyncio.run(scenario()) < YIELD_EVERY_INLINE
 
 
 def test_asyncio_errors_reach_the_awaiting_task(engine: ember.Engine) -> None:
