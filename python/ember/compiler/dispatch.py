@@ -66,6 +66,9 @@ class _WeightOnly:
 
     weights: np.ndarray  # int8, in the layout the kernel takes: [K, N] or OHWI
     scales: np.ndarray  # float32, one per output channel (N or O)
+    # The id of the dequantized weights, which the kernels prepack by: it covers the scales too
+    # (W and 2W have the same int8 weights).
+    weight_id: int
 
 
 @dataclass
@@ -465,21 +468,18 @@ def _int8_matmul_call(f: _Fusion, q: _Int8Operands, out_var: Any) -> Any:
 
 def _weight_only_call(f: _Fusion, w8: _WeightOnly, out_var: Any) -> Any:
     """ember.dnnl.conv2d_w8 / conv2d_wino_w8 / matmul_w8: the float call's arguments, with the
-    int8 weights and their scales in place of the float weights. The kernels prepack the weights
-    once per weight id, so the id covers the scales too (W and 2W have the same int8 weights)."""
+    int8 weights and their scales in place of the float weights, prepacked under w8.weight_id."""
     from tvm import relax
 
     x = f.anchor.args[0]
     bias = relax.const(f.bias) if f.bias is not None else x
     residual = f.residual if f.residual is not None else x
     act, alpha, beta = f.activation
-    int8_and_scales = [w8.weights.view(np.uint8).ravel(), w8.scales.view(np.uint8)]
-    weight_id = _weight_id(np.concatenate(int8_and_scales))
     if f.kind == "conv2d":
-        ints = _conv_ints(f, weight_id)
+        ints = _conv_ints(f, w8.weight_id)
         name = "ember.dnnl.conv2d_wino_w8" if f.winograd else "ember.dnnl.conv2d_w8"
     else:
-        ints = [1, int(f.bias is not None), int(f.residual is not None), act, weight_id]
+        ints = [1, int(f.bias is not None), int(f.residual is not None), act, w8.weight_id]
         name = "ember.dnnl.matmul_w8"
     weights = [relax.const(w8.weights), relax.const(w8.scales)]
     args = [x, *weights, bias, residual, *map(_prim, ints), _prim(alpha), _prim(beta)]
@@ -633,7 +633,8 @@ def _unwrap_weight_dequantize(func: Any, weight_only: dict[int, _WeightOnly]) ->
             key = np.ascontiguousarray(dequantized.transpose(0, 2, 3, 1))
         else:
             kernel_w, key = np.ascontiguousarray(w), dequantized
-        weight_only[_weight_id(key)] = _WeightOnly(kernel_w, scales)
+        key_id = _weight_id(key)
+        weight_only[key_id] = _WeightOnly(kernel_w, scales, key_id)
         replacements[var] = relax.const(dequantized)
     return _replace_bindings(func, replacements)
 
