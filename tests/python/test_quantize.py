@@ -280,6 +280,62 @@ def test_convs_of_unsigned_activations_run_on_int8_kernels(
         np.testing.assert_allclose(got, qdq_in_float(q, {"x": x}), rtol=1e-4, atol=1e-4)
 
 
+def wide_conv_model(channels: int = 64) -> onnx.ModelProto:
+    """x[N, C, 8, 8] -> Abs -> (Conv 3x3 C + bias + ReLU) twice -> y: the shape of a ResNet stage,
+    which dispatch sends to the int8 Winograd kernel."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(9)
+    scale = 1.0 / np.sqrt(9 * channels)
+    inits = {
+        "w1": (rng.standard_normal((channels, channels, 3, 3)) * scale).astype(np.float32),
+        "w2": (rng.standard_normal((channels, channels, 3, 3)) * scale).astype(np.float32),
+        "b1": rng.standard_normal(channels).astype(np.float32) * 0.1,
+        "b2": rng.standard_normal(channels).astype(np.float32) * 0.1,
+    }
+    nodes = [
+        helper.make_node("Abs", ["x"], ["a"]),
+        helper.make_node("Conv", ["a", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["y"]),
+    ]
+    shape = ["N", channels, 8, 8]
+    graph = helper.make_graph(
+        nodes,
+        "wide_convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(a, n) for n, a in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_int8_3x3_convs_with_64_channels_run_on_the_integer_winograd_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ember.compiler.dispatch import WINOGRAD_ENV
+
+    model = wide_conv_model()
+    rng = np.random.default_rng(10)
+    data = [{"x": rng.standard_normal((4, 64, 8, 8)).astype(np.float32)} for _ in range(4)]
+    q = quantize_static(model, calibrate(model, data))
+    wino = ember.compile(q, batch_sizes=(1, 4), output=tmp_path / "wino")
+    calls = wino.manifest["kernel_library"]
+    assert calls["conv2d_q8"] == 4 and calls["conv2d_wino"] == 4  # 2 convs x 2 buckets
+    monkeypatch.setenv(WINOGRAD_ENV, "0")
+    direct = ember.compile(q, batch_sizes=(1, 4), output=tmp_path / "direct")
+    calls = direct.manifest["kernel_library"]
+    assert calls["conv2d_q8"] == 4 and "conv2d_wino" not in calls
+    loaded = {name: ember.load(a.path) for name, a in (("wino", wino), ("direct", direct))}
+    for rows in (1, 3, 4):
+        x = rng.standard_normal((rows, 64, 8, 8)).astype(np.float32)
+        got = {name: m.run({"x": x})["y"] for name, m in loaded.items()}
+        np.testing.assert_allclose(got["wino"], qdq_in_float(q, {"x": x}), rtol=1e-4, atol=1e-4)
+        # Both kernels compute the same integer convs: only float rounding may differ.
+        np.testing.assert_allclose(got["wino"], got["direct"], rtol=1e-5, atol=1e-5)
+
+
 def test_digits_cnn_int8_keeps_its_held_out_accuracy(tmp_path: Path) -> None:
     from ember.samples import INPUT_SHAPES
 

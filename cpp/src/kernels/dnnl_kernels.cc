@@ -197,6 +197,39 @@ ConvArgs ParseConvArgs(const ffi::PackedArgs& args, const char* kernel, bool wei
   return a;
 }
 
+// Per-thread buffer for an int8 kernel's quantized activation.
+void* ThreadQuantized(size_t nbytes) {
+  thread_local std::vector<char> buffer;
+  if (buffer.size() < nbytes) buffer.resize(nbytes);
+  return buffer.data();
+}
+
+// Quantizes an int8 kernel's activation on every OpenMP thread the kernel itself will use: done
+// serially, the pass over a large activation (ResNet-18's 56x56x64 at batch 32: 6.4M values) took
+// a tenth of its conv's time on one core while the other cores waited.
+void QuantizeActivation(const float* src, size_t count, float scale, bool is_unsigned, void* dst) {
+  const quant::QuantParams params{scale, 0};
+  auto run = [&](size_t begin, size_t end) {
+    if (is_unsigned) {
+      quant::QuantizeU8(src + begin, end - begin, params, static_cast<uint8_t*>(dst) + begin);
+    } else {
+      quant::QuantizeS8(src + begin, end - begin, params, static_cast<int8_t*>(dst) + begin);
+    }
+  };
+  constexpr size_t kChunk = size_t{1} << 16;  // values per task: well above a task's overhead
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (threads <= 1 || count < 2 * kChunk) {
+    run(0, count);
+    return;
+  }
+  const auto chunks = static_cast<int64_t>((count + kChunk - 1) / kChunk);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t i = 0; i < chunks; ++i) {
+    const size_t begin = static_cast<size_t>(i) * kChunk;
+    run(begin, std::min(count, begin + kChunk));
+  }
+}
+
 namespace {
 
 void* DataOf(const DLTensor* t) { return static_cast<char*>(t->data) + t->byte_offset; }
@@ -664,39 +697,6 @@ void Matmul(ffi::PackedArgs args, ffi::Any* /*rv*/) { MatmulCommon(args, false);
 void MatmulW8(ffi::PackedArgs args, ffi::Any* /*rv*/) { MatmulCommon(args, true); }
 
 #if DNNL_VERSION_MAJOR >= 3
-// Per-thread buffer for an int8 kernel's quantized activation.
-void* ThreadQuantized(size_t nbytes) {
-  thread_local std::vector<char> buffer;
-  if (buffer.size() < nbytes) buffer.resize(nbytes);
-  return buffer.data();
-}
-
-// Quantizes an int8 kernel's activation on every OpenMP thread the kernel itself will use: done
-// serially, the pass over a large activation (ResNet-18's 56x56x64 at batch 32: 6.4M values) took
-// a tenth of its conv's time on one core while the other cores waited.
-void QuantizeActivation(const float* src, size_t count, float scale, bool is_unsigned, void* dst) {
-  const quant::QuantParams params{scale, 0};
-  auto run = [&](size_t begin, size_t end) {
-    if (is_unsigned) {
-      quant::QuantizeU8(src + begin, end - begin, params, static_cast<uint8_t*>(dst) + begin);
-    } else {
-      quant::QuantizeS8(src + begin, end - begin, params, static_cast<int8_t*>(dst) + begin);
-    }
-  };
-  constexpr size_t kChunk = size_t{1} << 16;  // values per task: well above a task's overhead
-  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  if (threads <= 1 || count < 2 * kChunk) {
-    run(0, count);
-    return;
-  }
-  const auto chunks = static_cast<int64_t>((count + kChunk - 1) / kChunk);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t i = 0; i < chunks; ++i) {
-    const size_t begin = static_cast<size_t>(i) * kChunk;
-    run(begin, std::min(count, begin + kChunk));
-  }
-}
-
 // x86 CPUs without VNNI multiply u8 x s8 pairs into saturating int16 sums (vpmaddubsw), which
 // overflow once |w| > 63 with activations near 255: weights must then fit in 7 bits, as ONNX
 // Runtime's reduce_range quantizes them for the same reason.

@@ -1,12 +1,14 @@
-// Argument parsing shared by the ember.dnnl.* packed functions (dnnl_kernels.cc, winograd.cc):
-// one definition of what a valid tensor argument is and of the conv kernels' argument list, so
-// that every kernel refuses bad arguments with the same errors. Internal to the kernels.
+// What the ember.dnnl.* packed functions (dnnl_kernels.cc, winograd.cc) share: one definition of
+// what a valid tensor argument is and of the conv kernels' argument list, so that every kernel
+// refuses bad arguments with the same errors, and the static int8 kernels' activation
+// quantization. Internal to the kernels.
 #pragma once
 
 #include <dlpack/dlpack.h>
 #include <tvm/ffi/function.h>
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 
 namespace ember::kernels {
@@ -36,5 +38,13 @@ struct ConvArgs {
 };
 
 ConvArgs ParseConvArgs(const tvm::ffi::PackedArgs& args, const char* kernel, bool weight_only);
+
+// A per-thread buffer of at least `nbytes` for an int8 kernel's quantized activation, grown
+// (only) as needed.
+void* ThreadQuantized(size_t nbytes);
+
+// Quantizes `count` floats with `scale` (zero point 0) into uint8 (`is_unsigned`) or int8 at
+// `dst`, split across the OpenMP threads the kernel will use (serial inside a parallel region).
+void QuantizeActivation(const float* src, size_t count, float scale, bool is_unsigned, void* dst);
 
 }  // namespace ember::kernels

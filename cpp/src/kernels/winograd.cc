@@ -7,6 +7,7 @@
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/reflection/registry.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <dnnl.hpp>
@@ -40,6 +41,7 @@ using dnnl::memory;
 constexpr auto kF32 = memory::data_type::f32;
 constexpr const char* kName = "ember.dnnl.conv2d_wino";
 constexpr const char* kNameW8 = "ember.dnnl.conv2d_wino_w8";
+constexpr const char* kNameQ8 = "ember.dnnl.conv2d_wino_q8";
 
 // Floats added to each of the 16 planes of V and M. Planes a multiple of 4 KiB apart put the 16
 // stores (loads) of one tile's transform in one L1 set, which thrashes it: padding them by a
@@ -478,24 +480,392 @@ void RunBlock(const Plan& plan, int64_t b, const float* x, const Epilogue& ep, f
   OutputTransform(g, m, first, count, ep, y);
 }
 
-void Run(const Plan& plan, const float* x, const Epilogue& ep, float* y) {
-  if (plan.threads == 1) {
-    for (int64_t b = 0; b < plan.blocks; ++b) RunBlock(plan, b, x, ep, y);
+// Runs fn(b) for blocks b in [0, blocks) on `threads` OpenMP threads (in order on the calling
+// thread for 1). Exceptions must not leave an OpenMP region: the first is kept and rethrown.
+template <typename Fn>
+void ForEachBlock(int threads, int64_t blocks, const Fn& fn) {
+  if (threads == 1) {
+    for (int64_t b = 0; b < blocks; ++b) fn(b);
     return;
   }
-  // Exceptions must not leave an OpenMP region: the first one is kept and rethrown after it.
   std::exception_ptr error;
   std::mutex error_mutex;
-#pragma omp parallel for schedule(static) num_threads(plan.threads)
-  for (int64_t b = 0; b < plan.blocks; ++b) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t b = 0; b < blocks; ++b) {
     try {
-      RunBlock(plan, b, x, ep, y);
+      fn(b);
     } catch (...) {
       const std::lock_guard<std::mutex> lock(error_mutex);
       if (!error) error = std::current_exception();
     }
   }
   if (error) std::rethrow_exception(error);
+}
+
+void Run(const Plan& plan, const float* x, const Epilogue& ep, float* y) {
+  ForEachBlock(plan.threads, plan.blocks, [&](int64_t b) { RunBlock(plan, b, x, ep, y); });
+}
+
+// --- Static int8: ember.dnnl.conv2d_wino_q8, an exact integer Winograd. ---
+//
+// With d the uint8 input and g the int8 weights, V = B^T d B fits in int16 ([-510, 1020]) and so
+// does U' = G' g G'^T with G' = 2 G = [2 0 0; 1 1 1; 1 -1 1; 0 0 2] (integers, |U'| <= 9 * 128).
+// M = V x U' is summed in int32 by vpmaddwd, two channels at a time: 16 multiply-adds per
+// instruction, as many as int8's vpmaddubsw + vpmaddwd pair gives, on 2.25x fewer products than a
+// direct conv. Y = A^T M A is then 4 (d * g) exactly: int32 sums wrap, but the final value fits
+// (|4 (d * g)| <= 4 * 9 * C * 255 * 128 < 2^31 for C <= kQ8MaxChannels), so no sum saturates
+// and no bit is lost, unlike int8 convs on CPUs without VNNI, whose int16 sums saturate.
+// out = Y * a_scale * w_scales[k] / 4, then the float epilogue.
+
+constexpr int64_t kQ8MaxChannels = 1024;
+constexpr int64_t kQ8Nr = 16;    // output channels per GEMM panel: two ymm of int32
+constexpr int64_t kQ8Mr = 4;     // tiles per GEMM micro-tile
+constexpr int64_t kQ8PadV = 32;  // int16s between V's planes (a cache line, see kPlanePad)
+constexpr int64_t kQ8PadM = 16;  // int32s between M's planes
+
+// Channels padded for the GEMM: C to pairs, K to whole panels (the padding is zeros).
+int64_t PairedChannels(int64_t c) { return (c + 1) / 2 * 2; }
+int64_t PanelChannels(int64_t k) { return (k + kQ8Nr - 1) / kQ8Nr * kQ8Nr; }
+
+// U' packed per element e and panel of 16 output channels as [C/2][16][2]: channel pairs
+// interleaved, so that one 32-byte load is 8 output channels x 2 input channels for vpmaddwd.
+std::vector<int16_t> TransformWeightsQ8(const int8_t* w, int64_t c_count, int64_t k_count) {
+  const int64_t cp = PairedChannels(c_count), kp = PanelChannels(k_count);
+  std::vector<int16_t> u(static_cast<size_t>(16 * cp * kp), 0);
+  for (int64_t k = 0; k < k_count; ++k) {
+    for (int64_t c = 0; c < c_count; ++c) {
+      int g[3][3], gg[4][3];
+      for (int i = 0; i < 3; ++i) {
+        for (int j = 0; j < 3; ++j) g[i][j] = w[((k * 3 + i) * 3 + j) * c_count + c];
+      }
+      for (int j = 0; j < 3; ++j) {
+        gg[0][j] = 2 * g[0][j];
+        gg[1][j] = g[0][j] + g[1][j] + g[2][j];
+        gg[2][j] = g[0][j] - g[1][j] + g[2][j];
+        gg[3][j] = 2 * g[2][j];
+      }
+      for (int i = 0; i < 4; ++i) {
+        const int row[4] = {2 * gg[i][0], gg[i][0] + gg[i][1] + gg[i][2],
+                            gg[i][0] - gg[i][1] + gg[i][2], 2 * gg[i][2]};
+        for (int j = 0; j < 4; ++j) {
+          const int64_t at = (i * 4 + j) * cp * kp + k / kQ8Nr * cp * kQ8Nr + c / 2 * 2 * kQ8Nr +
+                             k % kQ8Nr * 2 + c % 2;
+          u[static_cast<size_t>(at)] = static_cast<int16_t>(row[j]);
+        }
+      }
+    }
+  }
+  return u;
+}
+
+// V for channels [c_begin, c_end) of one tile (as InputTilePortable, in integers); `v` points at
+// the tile's row of plane 0.
+void InputTileQ8Portable(const uint8_t* x, const TileOffsets& o, int64_t c_begin, int64_t c_end,
+                         int16_t* v, int64_t plane) {
+  for (int64_t ch = c_begin; ch < c_end; ++ch) {
+    int d[4][4], r[4][4];
+    for (int i = 0; i < 4; ++i) {
+      for (int j = 0; j < 4; ++j) d[i][j] = o.in[i * 4 + j] >= 0 ? x[o.in[i * 4 + j] + ch] : 0;
+    }
+    for (int j = 0; j < 4; ++j) {
+      r[0][j] = d[0][j] - d[2][j];
+      r[1][j] = d[1][j] + d[2][j];
+      r[2][j] = d[2][j] - d[1][j];
+      r[3][j] = d[1][j] - d[3][j];
+    }
+    for (int i = 0; i < 4; ++i) {
+      int16_t* out = v + i * 4 * plane + ch;
+      out[0] = static_cast<int16_t>(r[i][0] - r[i][2]);
+      out[plane] = static_cast<int16_t>(r[i][1] + r[i][2]);
+      out[2 * plane] = static_cast<int16_t>(r[i][2] - r[i][1]);
+      out[3 * plane] = static_cast<int16_t>(r[i][1] - r[i][3]);
+    }
+  }
+}
+
+// Y = A^T m A in wrapping int32 (see above), scaled per channel, + epilogue, for output channels
+// [k_begin, k_end).
+void OutputTileQ8Portable(const int32_t* m, int64_t plane, const TileOffsets& o, int64_t k_begin,
+                          int64_t k_end, const float* scales, const Epilogue& ep, float* y) {
+  auto at = [&](int64_t e, int64_t ch) { return static_cast<uint32_t>(m[e * plane + ch]); };
+  for (int64_t ch = k_begin; ch < k_end; ++ch) {
+    uint32_t s[2][4];
+    for (int j = 0; j < 4; ++j) {
+      s[0][j] = at(j, ch) + at(4 + j, ch) + at(8 + j, ch);
+      s[1][j] = at(4 + j, ch) - at(8 + j, ch) - at(12 + j, ch);
+    }
+    for (int i = 0; i < 2; ++i) {
+      const uint32_t out[2] = {s[i][0] + s[i][1] + s[i][2], s[i][1] - s[i][2] - s[i][3]};
+      for (int j = 0; j < 2; ++j) {
+        const int64_t to = o.out[i * 2 + j];
+        if (to < 0) continue;
+        const auto value = static_cast<float>(static_cast<int32_t>(out[j])) * scales[ch];
+        y[to + ch] = Finish(value, ch, to + ch, ep);
+      }
+    }
+  }
+}
+
+// M[t][k] for `rows` tiles and one panel of 16 output channels, over `pairs` channel pairs.
+void GemmTileQ8Portable(const int16_t* v, int64_t v_stride, const int16_t* u, int64_t pairs,
+                        int64_t rows, int32_t* m, int64_t m_stride) {
+  for (int64_t r = 0; r < rows; ++r) {
+    uint32_t acc[kQ8Nr] = {};
+    for (int64_t p = 0; p < pairs; ++p) {
+      const int32_t a0 = v[r * v_stride + 2 * p], a1 = v[r * v_stride + 2 * p + 1];
+      for (int64_t j = 0; j < kQ8Nr; ++j) {
+        acc[j] += static_cast<uint32_t>(a0 * u[(p * kQ8Nr + j) * 2] + a1 * u[(p * kQ8Nr + j) * 2 + 1]);
+      }
+    }
+    for (int64_t j = 0; j < kQ8Nr; ++j) m[r * m_stride + j] = static_cast<int32_t>(acc[j]);
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void InputTileQ8Avx2(const uint8_t* x, const TileOffsets& o,
+                                                     int64_t count16, int16_t* v, int64_t plane) {
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t ch = 0; ch < count16; ch += 16) {
+    __m256i d[4][4], r[4][4];
+    for (int i = 0; i < 4; ++i) {
+      for (int j = 0; j < 4; ++j) {
+        const int64_t at = o.in[i * 4 + j];
+        d[i][j] = at >= 0 ? _mm256_cvtepu8_epi16(
+                                _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + at + ch)))
+                          : zero;
+      }
+    }
+    for (int j = 0; j < 4; ++j) {
+      r[0][j] = _mm256_sub_epi16(d[0][j], d[2][j]);
+      r[1][j] = _mm256_add_epi16(d[1][j], d[2][j]);
+      r[2][j] = _mm256_sub_epi16(d[2][j], d[1][j]);
+      r[3][j] = _mm256_sub_epi16(d[1][j], d[3][j]);
+    }
+    for (int i = 0; i < 4; ++i) {  // (lambdas would not inherit the target attribute)
+      int16_t* out = v + i * 4 * plane + ch;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_sub_epi16(r[i][0], r[i][2]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + plane), _mm256_add_epi16(r[i][1], r[i][2]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * plane),
+                          _mm256_sub_epi16(r[i][2], r[i][1]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 3 * plane),
+                          _mm256_sub_epi16(r[i][1], r[i][3]));
+    }
+  }
+}
+
+__attribute__((target("avx2"))) void OutputTileQ8Avx2(const int32_t* m, int64_t plane,
+                                                      const TileOffsets& o, int64_t count8,
+                                                      const float* scales, const Epilogue& ep,
+                                                      float* y) {
+  const __m256 lo = _mm256_set1_ps(ep.lo), hi = _mm256_set1_ps(ep.hi);
+  for (int64_t ch = 0; ch < count8; ch += 8) {
+    __m256i s[2][4];
+    for (int j = 0; j < 4; ++j) {
+      const auto* mj = reinterpret_cast<const __m256i*>(m + j * plane + ch);
+      const __m256i m0 = _mm256_loadu_si256(mj);
+      const __m256i m1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + (4 + j) * plane + ch));
+      const __m256i m2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + (8 + j) * plane + ch));
+      const __m256i m3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + (12 + j) * plane + ch));
+      s[0][j] = _mm256_add_epi32(_mm256_add_epi32(m0, m1), m2);
+      s[1][j] = _mm256_sub_epi32(_mm256_sub_epi32(m1, m2), m3);
+    }
+    const __m256 scale = _mm256_loadu_ps(scales + ch);
+    const __m256 b = ep.bias != nullptr ? _mm256_loadu_ps(ep.bias + ch) : _mm256_setzero_ps();
+    for (int i = 0; i < 2; ++i) {
+      const __m256i out[2] = {_mm256_add_epi32(_mm256_add_epi32(s[i][0], s[i][1]), s[i][2]),
+                              _mm256_sub_epi32(_mm256_sub_epi32(s[i][1], s[i][2]), s[i][3])};
+      for (int j = 0; j < 2; ++j) {
+        const int64_t at = o.out[i * 2 + j];
+        if (at < 0) continue;
+        __m256 value = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(out[j]), scale), b);
+        if (ep.residual != nullptr) value = _mm256_add_ps(value, _mm256_loadu_ps(ep.residual + at + ch));
+        if (ep.clamp) value = _mm256_min_ps(_mm256_max_ps(value, lo), hi);
+        _mm256_storeu_ps(y + at + ch, value);
+      }
+    }
+  }
+}
+
+// M[t][k] for kQ8Mr (4) tiles and one panel of 16 output channels: per channel pair, one
+// broadcast of each tile's pair and two vpmaddwd per tile into eight int32 accumulators. The loop
+// is written in assembly because GCC 12 compiles the intrinsics with a register copy per
+// accumulator and iteration (8 extra instructions per 8 multiplies): 1.2x slower in isolation.
+static_assert(kQ8Mr == 4 && kQ8Nr == 16, "GemmTileQ8Avx2 is written for 4 x 16 tiles");
+__attribute__((target("avx2"))) inline void GemmTileQ8Avx2(const int16_t* v, int64_t v_stride,
+                                                           const int16_t* u, int64_t pairs,
+                                                           int32_t* m, int64_t m_stride) {
+  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+          c30 = c00, c31 = c00;
+  const int16_t *v0 = v, *v1 = v + v_stride, *v2 = v + 2 * v_stride, *v3 = v + 3 * v_stride;
+  int64_t p = 0;  // pairs >= 1: the loop tests at its end
+  asm volatile(
+      "1:\n\t"
+      "vmovdqu (%[u]), %%ymm12\n\t"
+      "vmovdqu 32(%[u]), %%ymm13\n\t"
+      "vpbroadcastd (%[v0],%[p],4), %%ymm14\n\t"
+      "vpmaddwd %%ymm12, %%ymm14, %%ymm15\n\t"
+      "vpaddd %%ymm15, %[c00], %[c00]\n\t"
+      "vpmaddwd %%ymm13, %%ymm14, %%ymm14\n\t"
+      "vpaddd %%ymm14, %[c01], %[c01]\n\t"
+      "vpbroadcastd (%[v1],%[p],4), %%ymm14\n\t"
+      "vpmaddwd %%ymm12, %%ymm14, %%ymm15\n\t"
+      "vpaddd %%ymm15, %[c10], %[c10]\n\t"
+      "vpmaddwd %%ymm13, %%ymm14, %%ymm14\n\t"
+      "vpaddd %%ymm14, %[c11], %[c11]\n\t"
+      "vpbroadcastd (%[v2],%[p],4), %%ymm14\n\t"
+      "vpmaddwd %%ymm12, %%ymm14, %%ymm15\n\t"
+      "vpaddd %%ymm15, %[c20], %[c20]\n\t"
+      "vpmaddwd %%ymm13, %%ymm14, %%ymm14\n\t"
+      "vpaddd %%ymm14, %[c21], %[c21]\n\t"
+      "vpbroadcastd (%[v3],%[p],4), %%ymm14\n\t"
+      "vpmaddwd %%ymm12, %%ymm14, %%ymm15\n\t"
+      "vpaddd %%ymm15, %[c30], %[c30]\n\t"
+      "vpmaddwd %%ymm13, %%ymm14, %%ymm14\n\t"
+      "vpaddd %%ymm14, %[c31], %[c31]\n\t"
+      "add $64, %[u]\n\t"
+      "inc %[p]\n\t"
+      "cmp %[pairs], %[p]\n\t"
+      "jl 1b\n\t"
+      : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11), [c20] "+x"(c20),
+        [c21] "+x"(c21), [c30] "+x"(c30), [c31] "+x"(c31), [u] "+r"(u), [p] "+r"(p)
+      : [v0] "r"(v0), [v1] "r"(v1), [v2] "r"(v2), [v3] "r"(v3), [pairs] "r"(pairs)
+      : "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");
+  const __m256i rows[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+  for (int64_t r = 0; r < kQ8Mr; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(m + r * m_stride), rows[r][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(m + r * m_stride + 8), rows[r][1]);
+  }
+}
+
+// M = V x U' for `rows` tiles (a multiple of kQ8Mr) of one block. Per element e, tiles go in
+// chunks whose V rows (16 KiB) stay in L1 while every panel of U' passes over them.
+__attribute__((target("avx2"))) void GemmQ8Avx2(const int16_t* v, int64_t plane_v, const int16_t* u,
+                                                int64_t cp, int64_t kp, int64_t rows, int32_t* m,
+                                                int64_t plane_m) {
+  const int64_t pairs = cp / 2, panels = kp / kQ8Nr;
+  const int64_t chunk = std::max<int64_t>(16384 / (2 * cp) / kQ8Mr, 1) * kQ8Mr;
+  for (int64_t e = 0; e < 16; ++e) {
+    const int16_t* ve = v + e * plane_v;
+    int32_t* me = m + e * plane_m;
+    for (int64_t t0 = 0; t0 < rows; t0 += chunk) {
+      const int64_t t1 = std::min(rows, t0 + chunk);
+      for (int64_t panel = 0; panel < panels; ++panel) {
+        const int16_t* up = u + (e * kp + panel * kQ8Nr) * cp;
+        for (int64_t t = t0; t < t1; t += kQ8Mr) {
+          GemmTileQ8Avx2(ve + t * cp, cp, up, pairs, me + t * kp + panel * kQ8Nr, kp);
+        }
+      }
+    }
+  }
+}
+#endif
+
+bool HasAvx2() {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  return avx2;
+#else
+  return false;
+#endif
+}
+
+struct Q8Plan {
+  Geometry g{};
+  int threads = 1;
+  int64_t block = 0, blocks = 0;
+  int64_t cp = 0, kp = 0;  // C and K padded (PairedChannels, PanelChannels)
+  std::shared_ptr<const std::vector<int16_t>> u;  // TransformWeightsQ8, shared per weight id
+  int64_t PlaneV(int64_t count) const { return count * cp + kQ8PadV; }
+  int64_t PlaneM(int64_t count) const { return count * kp + kQ8PadM; }
+};
+
+// Transforms, multiplies and finishes block `b` of the quantized input `x` on the calling thread.
+void RunBlockQ8(const Q8Plan& plan, int64_t b, const uint8_t* x, const float* scales,
+                const Epilogue& ep, float* y) {
+  ThreadScratch& s = Scratch();
+  const Geometry& g = plan.g;
+  const bool avx2 = HasAvx2();
+  const int64_t first = b * plan.block, count = std::min(plan.block, g.tiles - first);
+  // With AVX2 the GEMM runs whole micro-tiles: V gets zero rows up to a multiple of kQ8Mr.
+  const int64_t rows = avx2 ? (count + kQ8Mr - 1) / kQ8Mr * kQ8Mr : count;
+  const int64_t plane_v = plan.PlaneV(rows), plane_m = plan.PlaneM(rows);
+  auto* v = static_cast<int16_t*>(Aligned(s.v, static_cast<size_t>(16 * plane_v) * sizeof(int16_t)));
+  auto* m = static_cast<int32_t*>(Aligned(s.m, static_cast<size_t>(16 * plane_m) * sizeof(int32_t)));
+
+  const int64_t count16 = avx2 ? g.c / 16 * 16 : 0;
+  for (int64_t t = 0; t < count; ++t) {
+    const TileOffsets o = OffsetsOf(g, first + t);
+    int16_t* vt = v + t * plan.cp;
+#if defined(__x86_64__)
+    if (count16 > 0) InputTileQ8Avx2(x, o, count16, vt, plane_v);
+#endif
+    InputTileQ8Portable(x, o, count16, g.c, vt, plane_v);
+    if (plan.cp != g.c) {
+      for (int64_t e = 0; e < 16; ++e) vt[e * plane_v + g.c] = 0;  // the pad channel
+    }
+  }
+  for (int64_t e = 0; e < 16 && rows > count; ++e) {
+    std::fill_n(v + e * plane_v + count * plan.cp, (rows - count) * plan.cp, int16_t{0});
+  }
+
+  const int16_t* u = plan.u->data();
+#if defined(__x86_64__)
+  if (avx2) {
+    GemmQ8Avx2(v, plane_v, u, plan.cp, plan.kp, rows, m, plane_m);
+  }
+#endif
+  if (!avx2) {
+    for (int64_t e = 0; e < 16; ++e) {
+      for (int64_t panel = 0; panel < plan.kp / kQ8Nr; ++panel) {
+        GemmTileQ8Portable(v + e * plane_v, plan.cp, u + (e * plan.kp + panel * kQ8Nr) * plan.cp,
+                           plan.cp / 2, rows, m + e * plane_m + panel * kQ8Nr, plan.kp);
+      }
+    }
+  }
+
+  const int64_t count8 = avx2 ? g.k / 8 * 8 : 0;
+  for (int64_t t = 0; t < count; ++t) {
+    const TileOffsets o = OffsetsOf(g, first + t);
+    const int32_t* mt = m + t * plan.kp;
+#if defined(__x86_64__)
+    if (count8 > 0) OutputTileQ8Avx2(mt, plane_m, o, count8, scales, ep, y);
+#endif
+    OutputTileQ8Portable(mt, plane_m, o, count8, g.k, scales, ep, y);
+  }
+}
+
+struct Q8Cache {
+  std::shared_mutex mutex;  // shared for lookups, exclusive for building
+  std::unordered_map<PlanKey, std::unique_ptr<const Q8Plan>, PlanKeyHash> plans;
+  std::map<int64_t, std::shared_ptr<const std::vector<int16_t>>> weights;  // U' per weight id
+};
+
+Q8Cache& CacheQ8() {
+  static Q8Cache cache;
+  return cache;
+}
+
+const Q8Plan& GetPlanQ8(const PlanKey& key, const Geometry& g, const int8_t* w) {
+  Q8Cache& cache = CacheQ8();
+  {
+    std::shared_lock<std::shared_mutex> lock(cache.mutex);
+    auto it = cache.plans.find(key);
+    if (it != cache.plans.end()) return *it->second;
+  }
+  std::unique_lock<std::shared_mutex> lock(cache.mutex);
+  auto it = cache.plans.find(key);
+  if (it != cache.plans.end()) return *it->second;
+  auto plan = std::make_unique<Q8Plan>();
+  plan->g = g;
+  plan->threads = static_cast<int>(key.threads);
+  plan->block = BlockTiles(g.tiles, g.c, g.k, plan->threads);
+  plan->blocks = (g.tiles + plan->block - 1) / plan->block;
+  plan->cp = PairedChannels(g.c);
+  plan->kp = PanelChannels(g.k);
+  auto& u = cache.weights[key.weight_id];
+  if (!u) u = std::make_shared<const std::vector<int16_t>>(TransformWeightsQ8(w, g.c, g.k));
+  plan->u = u;
+  return *cache.plans.emplace(key, std::move(plan)).first->second;
 }
 
 // --- The packed function. ---
@@ -510,22 +880,14 @@ bool ShapeIs(const DLTensor* t, std::initializer_list<int64_t> shape) {
   return std::equal(shape.begin(), shape.end(), t->shape);
 }
 
-// ember.dnnl.conv2d_wino(x[N,H,W,C], w[K,3,3,C], bias[K], residual[N,H,W,K], stride_h, stride_w,
-//   pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups, has_bias,
-//   has_residual, activation, weight_id, alpha, beta, out[N,H,W,K]): ember.dnnl.conv2d's
-// arguments; strides, dilations, groups 1 and pads 1, NHWC only.
-//
-// ember.dnnl.conv2d_wino_w8(x, w[K,3,3,C] int8, w_scales[K], bias, ... as above ..., out):
-// weight-only int8 (ember.dnnl.conv2d_w8's arguments); the weights are dequantized once, when
-// their transform U is computed, so a call runs exactly as the float kernel does.
-void Conv2dWinoCommon(const ffi::PackedArgs& args, bool weight_only) {
-  const char* name = weight_only ? kNameW8 : kName;
-  const ConvArgs parsed = ParseConvArgs(args, name, weight_only);
-  const DLTensor *x = parsed.x, *w = parsed.w, *w_scales = parsed.w_scales, *out = parsed.out;
-  const DLTensor *bias = parsed.bias, *residual = parsed.residual;
-  const int64_t activation = parsed.ints[11], weight_id = parsed.ints[12];
-  for (int i = 0; i < 9; ++i) {  // strides, pads, dilations, groups
-    if (parsed.ints[static_cast<size_t>(i)] != 1) {
+// The checks every Winograd entry point makes: a 3x3 'same' conv (`ints`: strides, pads,
+// dilations, groups, as ParseConvArgs orders them) on NHWC tensors of consistent shapes. Returns
+// the conv's geometry.
+Geometry CheckedGeometry(const char* name, const int64_t* ints, const DLTensor* x, const DLTensor* w,
+                         const DLTensor* w_scales, const DLTensor* bias, const DLTensor* residual,
+                         const DLTensor* out) {
+  for (int i = 0; i < 9; ++i) {
+    if (ints[i] != 1) {
       TVM_FFI_THROW(ValueError) << name << ": only stride 1, pad 1, dilation 1 and groups 1 "
                                 << "(a 3x3 'same' conv) are supported";
     }
@@ -554,26 +916,51 @@ void Conv2dWinoCommon(const ffi::PackedArgs& args, bool weight_only) {
   if (residual != nullptr && !ShapeIs(residual, {n, h, wd, k})) {
     TVM_FFI_THROW(ValueError) << name << ": residual must be shaped like the output";
   }
-  if (DataOf(x) == DataOf(out)) {
+  if (DataOf<void>(x) == DataOf<void>(out)) {
     TVM_FFI_THROW(ValueError) << name << ": the output must not alias the input";
   }
+  return Geometry{n, h, wd, c, k, (h + 1) / 2, (wd + 1) / 2, n * ((h + 1) / 2) * ((wd + 1) / 2)};
+}
+
+Epilogue EpilogueOf(const char* name, int64_t activation, float alpha, float beta,
+                    const DLTensor* bias, const DLTensor* residual) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   Epilogue ep{bias ? DataOf(bias) : nullptr, residual ? DataOf(residual) : nullptr, true, -kInf, kInf};
   switch (static_cast<Activation>(activation)) {
     case Activation::kNone: ep.clamp = false; break;
     case Activation::kRelu: ep.lo = 0.f; break;
-    case Activation::kClip: ep.lo = parsed.alpha; ep.hi = parsed.beta; break;
+    case Activation::kClip: ep.lo = alpha; ep.hi = beta; break;
     default:
       TVM_FFI_THROW(ValueError) << name << ": activation code " << activation
                                 << " is not supported (none, ReLU and clip are)";
   }
+  return ep;
+}
 
-  const Geometry g{n, h, wd, c, k, (h + 1) / 2, (wd + 1) / 2, n * ((h + 1) / 2) * ((wd + 1) / 2)};
-  // Inside a parallel region (a batch-splitting lane) nested regions run serially: one thread.
-  const int threads = omp_in_parallel() ? 1 : std::max(omp_get_max_threads(), 1);
+// The threads a call runs on: inside a parallel region (a batch-splitting lane) nested regions
+// run serially, so one.
+int CallThreads() { return omp_in_parallel() ? 1 : std::max(omp_get_max_threads(), 1); }
+
+// ember.dnnl.conv2d_wino(x[N,H,W,C], w[K,3,3,C], bias[K], residual[N,H,W,K], stride_h, stride_w,
+//   pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups, has_bias,
+//   has_residual, activation, weight_id, alpha, beta, out[N,H,W,K]): ember.dnnl.conv2d's
+// arguments; strides, dilations, groups 1 and pads 1, NHWC only.
+//
+// ember.dnnl.conv2d_wino_w8(x, w[K,3,3,C] int8, w_scales[K], bias, ... as above ..., out):
+// weight-only int8 (ember.dnnl.conv2d_w8's arguments); the weights are dequantized once, when
+// their transform U is computed, so a call runs exactly as the float kernel does.
+void Conv2dWinoCommon(const ffi::PackedArgs& args, bool weight_only) {
+  const char* name = weight_only ? kNameW8 : kName;
+  const ConvArgs parsed = ParseConvArgs(args, name, weight_only);
+  const DLTensor *x = parsed.x, *w = parsed.w, *w_scales = parsed.w_scales, *out = parsed.out;
+  const Geometry g = CheckedGeometry(name, parsed.ints.data(), x, w, w_scales, parsed.bias,
+                                     parsed.residual, out);
+  const Epilogue ep =
+      EpilogueOf(name, parsed.ints[11], parsed.alpha, parsed.beta, parsed.bias, parsed.residual);
+  const int64_t weight_id = parsed.ints[12];
   try {
-    const Plan& plan = GetPlan(PlanKey{weight_id, n, h, wd, c, k, threads}, g,
-                                Weights{DataOf<void>(w), w_scales ? DataOf(w_scales) : nullptr});
+    const Plan& plan = GetPlan(PlanKey{weight_id, g.n, g.h, g.w, g.c, g.k, CallThreads()}, g,
+                               Weights{DataOf<void>(w), w_scales ? DataOf(w_scales) : nullptr});
     Run(plan, DataOf(x), ep, DataOf(out));
   } catch (const dnnl::error& err) {
     TVM_FFI_THROW(RuntimeError) << name << ": oneDNN error " << static_cast<int>(err.status)
@@ -584,6 +971,55 @@ void Conv2dWinoCommon(const ffi::PackedArgs& args, bool weight_only) {
 void Conv2dWino(ffi::PackedArgs args, ffi::Any* /*rv*/) { Conv2dWinoCommon(args, false); }
 void Conv2dWinoW8(ffi::PackedArgs args, ffi::Any* /*rv*/) { Conv2dWinoCommon(args, true); }
 
+// ember.dnnl.conv2d_wino_q8(x, w[K,3,3,C] int8, w_scales[K], bias, residual, stride_h, stride_w,
+//   pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups, has_bias,
+//   has_residual, activation, weight_id, a_unsigned, a_scale, alpha, beta, out):
+// ember.dnnl.conv2d_q8's arguments, for a 3x3 'same' conv in NHWC with uint8 activations
+// (a_unsigned = 1) and C <= kQ8MaxChannels. `x` is quantized with a_scale (quant::QuantizeU8,
+// zero point 0), convolved exactly in integers (see above), then out = a_scale * w_scales[k] *
+// (qx * w) + bias, residual and activation, as conv2d_q8 computes it. Any int8 weight is exact
+// here, including those outside the [-63, 63] that conv2d_q8 needs on CPUs without VNNI.
+void Conv2dWinoQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
+  const char* name = kNameQ8;
+  if (args.size() != 23) TVM_FFI_THROW(ValueError) << name << ": expects 23 arguments";
+  const DLTensor* x = TensorArg(args, 0, name);
+  const DLTensor* w = TensorArg(args, 1, name, kDLInt, 8);
+  const DLTensor* w_scales = TensorArg(args, 2, name);
+  const DLTensor* out = TensorArg(args, 22, name);
+  std::array<int64_t, 14> ints{};  // ParseConvArgs' 13, then a_unsigned
+  for (size_t i = 0; i < ints.size(); ++i) ints[i] = args[5 + static_cast<int>(i)].cast<int64_t>();
+  const DLTensor* bias = ints[9] != 0 ? TensorArg(args, 3, name) : nullptr;
+  const DLTensor* residual = ints[10] != 0 ? TensorArg(args, 4, name) : nullptr;
+  const auto a_scale = static_cast<float>(args[19].cast<double>());
+  const auto alpha = static_cast<float>(args[20].cast<double>());
+  const auto beta = static_cast<float>(args[21].cast<double>());
+  const Geometry g = CheckedGeometry(name, ints.data(), x, w, w_scales, bias, residual, out);
+  const Epilogue ep = EpilogueOf(name, ints[11], alpha, beta, bias, residual);
+  if (ints[13] != 1) TVM_FFI_THROW(ValueError) << name << ": needs unsigned (uint8) activations";
+  if (!(a_scale > 0) || !std::isfinite(a_scale)) {
+    TVM_FFI_THROW(ValueError) << name << ": a_scale must be finite and > 0, got " << a_scale;
+  }
+  if (g.c > kQ8MaxChannels) {
+    TVM_FFI_THROW(ValueError) << name << ": at most " << kQ8MaxChannels
+                              << " input channels (int32 sums would overflow), got " << g.c;
+  }
+  const Q8Plan& plan = GetPlanQ8(PlanKey{ints[12], g.n, g.h, g.w, g.c, g.k, CallThreads()}, g,
+                                 DataOf<int8_t>(w));
+  thread_local std::vector<float> scales;  // a_scale * w_scales[k] / 4 (Y is 4x the conv)
+  scales.resize(static_cast<size_t>(g.k));
+  const float* w_scale = DataOf(w_scales);
+  for (int64_t k = 0; k < g.k; ++k) scales[static_cast<size_t>(k)] = a_scale * w_scale[k] * 0.25f;
+  const size_t count = static_cast<size_t>(g.n * g.h * g.w * g.c);
+  auto* quantized = static_cast<uint8_t*>(ThreadQuantized(count));
+  QuantizeActivation(DataOf(x), count, a_scale, true, quantized);
+  // Named outside the lambda: in it, `scales` would be each OpenMP thread's own thread_local.
+  const float* scale_data = scales.data();
+  float* y = DataOf(out);
+  ForEachBlock(plan.threads, plan.blocks, [&](int64_t b) {
+    RunBlockQ8(plan, b, quantized, scale_data, ep, y);
+  });
+}
+
 }  // namespace
 
 void RegisterWinogradKernels() {
@@ -591,13 +1027,19 @@ void RegisterWinogradKernels() {
   std::call_once(once, [] {
     tvm::ffi::reflection::GlobalDef()
         .def_packed(kName, Conv2dWino)
-        .def_packed(kNameW8, Conv2dWinoW8);
+        .def_packed(kNameW8, Conv2dWinoW8)
+        .def_packed(kNameQ8, Conv2dWinoQ8);
   });
 }
 
 size_t WinogradCachedPlans() {
-  std::shared_lock<std::shared_mutex> lock(Cache().mutex);
-  return Cache().plans.size();
+  size_t count = 0;
+  {
+    std::shared_lock<std::shared_mutex> lock(Cache().mutex);
+    count += Cache().plans.size();
+  }
+  std::shared_lock<std::shared_mutex> lock(CacheQ8().mutex);
+  return count + CacheQ8().plans.size();
 }
 
 bool WinogradUsesAvx() { return HasAvx(); }

@@ -6,7 +6,8 @@ folded so that biases and weights are plain constants the kernels can prepack on
 layouts are used, one per model: NHWC, where brgconv is fastest for dense KxK convs (ResNet), and
 NCHW8c (oneDNN's nChw8c), where its depthwise, 1x1 and few-channel kernels are 1.1-2x faster than
 in NHWC (MobileNet, the digits CNN); see `choose_conv_layout`. NHWC 3x3 stride-1 convs with enough
-channels go to ember.dnnl.conv2d_wino, a Winograd F(2x2,3x3) kernel (`_winograd_applies`).
+channels go to ember.dnnl.conv2d_wino, a Winograd F(2x2,3x3) kernel, or for static int8 to its
+integer form ember.dnnl.conv2d_wino_q8 (`_winograd_applies`).
 Argument lists here must match cpp/src/kernels/dnnl_kernels.cc (and winograd.cc).
 """
 
@@ -521,7 +522,8 @@ def _int8_conv_call(f: _Fusion, q: _Int8Conv, out_var: Any) -> Any:
         _prim(alpha),
         _prim(beta),
     ]
-    return relax.call_dps_packed("ember.dnnl.conv2d_q8", args, out_ty=out_var.ty)
+    name = "ember.dnnl.conv2d_wino_q8" if f.winograd else "ember.dnnl.conv2d_q8"
+    return relax.call_dps_packed(name, args, out_ty=out_var.ty)
 
 
 def _unwrap_qdq_convs(func: Any, int8_convs: dict[int, _Int8Conv]) -> Any:
@@ -719,8 +721,14 @@ def _winograd_applies(f: _Fusion) -> bool:
       there): 0.72-0.77x direct at batch 32, but 1.15-1.4x *slower* at batch 1, whose 16 tiles
       leave the GEMMs too thin for weights 16/9 the size of the direct conv's;
     - fewer than 64 channels: not measured, so not used (thin GEMMs again).
+
+    Static int8 convs (f.conv_q8) run as ember.dnnl.conv2d_wino_q8, exact in int16/int32, for 64
+    to 256 channels only: against oneDNN's direct int8 conv (conv2d_q8) on the same shapes it took
+    0.75-0.96x the time at batch 32 (2 threads), 0.80-0.84x at 16 (one lane) and 0.86-0.94x at 1,
+    but 1.06-1.36x at 512 channels (7x7), at any batch (benchmarks/README.md).
+    Weight-only int8 convs (f.w8) follow the float rule as ember.dnnl.conv2d_wino_w8.
     """
-    if f.kind != "conv2d" or f.conv_q8 is not None:  # weight-only int8: conv2d_wino_w8
+    if f.kind != "conv2d":
         return False
     if f.activation[0] not in (ACT_NONE, ACT_RELU, ACT_CLIP):
         return False
@@ -746,8 +754,10 @@ def _winograd_applies(f: _Fusion) -> bool:
     k = int(w.shape[0])
     if min(c, k) < _WINOGRAD_MIN_CHANNELS:
         return False
+    if max(c, k) <= _WINOGRAD_MAX_CHANNELS:
+        return True
     tiles = n * ((h + 1) // 2) * ((width + 1) // 2)
-    return max(c, k) <= _WINOGRAD_MAX_CHANNELS or tiles >= _WINOGRAD_MIN_TILES_WIDE
+    return f.conv_q8 is None and tiles >= _WINOGRAD_MIN_TILES_WIDE
 
 
 def _describe(fusions: Sequence[_Fusion]) -> dict[str, int]:
@@ -973,6 +983,7 @@ def dispatched_kernels(mod: Any) -> Sequence[str]:
         "ember.dnnl.matmul",
         "ember.dnnl.matmul_q8",
         "ember.dnnl.conv2d_q8",
+        "ember.dnnl.conv2d_wino_q8",
         "ember.dnnl.matmul_w8",
         "ember.dnnl.conv2d_w8",
         "ember.dnnl.conv2d_wino_w8",
