@@ -22,6 +22,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -106,13 +107,18 @@ struct Epilogue {
 };
 
 // V[e][t][c] = (B^T d B)[e], B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], for channels
-// [c_begin, c_end); `v` points at tile t's row of plane 0, planes `plane` floats apart.
-void InputTilePortable(const float* x, const TileOffsets& o, int64_t c_begin, int64_t c_end,
-                       float* v, int64_t plane) {
+// [c_begin, c_end); `v` points at tile t's row of plane 0, planes `plane` elements apart. Float
+// for conv2d_wino; uint8 in, int16 out for conv2d_wino_q8 (summed in int: |V| <= 1020, exact).
+template <typename In, typename Out>
+void InputTilePortable(const In* x, const TileOffsets& o, int64_t c_begin, int64_t c_end, Out* v,
+                       int64_t plane) {
+  using Sum = std::conditional_t<std::is_floating_point_v<Out>, Out, int>;
   for (int64_t ch = c_begin; ch < c_end; ++ch) {
-    float d[4][4], r[4][4];
+    Sum d[4][4], r[4][4];
     for (int i = 0; i < 4; ++i) {
-      for (int j = 0; j < 4; ++j) d[i][j] = o.in[i * 4 + j] >= 0 ? x[o.in[i * 4 + j] + ch] : 0.f;
+      for (int j = 0; j < 4; ++j) {
+        d[i][j] = o.in[i * 4 + j] >= 0 ? static_cast<Sum>(x[o.in[i * 4 + j] + ch]) : Sum{0};
+      }
     }
     for (int j = 0; j < 4; ++j) {
       r[0][j] = d[0][j] - d[2][j];
@@ -121,11 +127,11 @@ void InputTilePortable(const float* x, const TileOffsets& o, int64_t c_begin, in
       r[3][j] = d[1][j] - d[3][j];
     }
     for (int i = 0; i < 4; ++i) {
-      float* out = v + i * 4 * plane + ch;
-      out[0] = r[i][0] - r[i][2];
-      out[plane] = r[i][1] + r[i][2];
-      out[2 * plane] = r[i][2] - r[i][1];
-      out[3 * plane] = r[i][1] - r[i][3];
+      Out* out = v + i * 4 * plane + ch;
+      out[0] = static_cast<Out>(r[i][0] - r[i][2]);
+      out[plane] = static_cast<Out>(r[i][1] + r[i][2]);
+      out[2 * plane] = static_cast<Out>(r[i][2] - r[i][1]);
+      out[3 * plane] = static_cast<Out>(r[i][1] - r[i][3]);
     }
   }
 }
@@ -558,31 +564,6 @@ std::vector<int16_t> TransformWeightsQ8(const int8_t* w, int64_t c_count, int64_
   return u;
 }
 
-// V for channels [c_begin, c_end) of one tile (as InputTilePortable, in integers); `v` points at
-// the tile's row of plane 0.
-void InputTileQ8Portable(const uint8_t* x, const TileOffsets& o, int64_t c_begin, int64_t c_end,
-                         int16_t* v, int64_t plane) {
-  for (int64_t ch = c_begin; ch < c_end; ++ch) {
-    int d[4][4], r[4][4];
-    for (int i = 0; i < 4; ++i) {
-      for (int j = 0; j < 4; ++j) d[i][j] = o.in[i * 4 + j] >= 0 ? x[o.in[i * 4 + j] + ch] : 0;
-    }
-    for (int j = 0; j < 4; ++j) {
-      r[0][j] = d[0][j] - d[2][j];
-      r[1][j] = d[1][j] + d[2][j];
-      r[2][j] = d[2][j] - d[1][j];
-      r[3][j] = d[1][j] - d[3][j];
-    }
-    for (int i = 0; i < 4; ++i) {
-      int16_t* out = v + i * 4 * plane + ch;
-      out[0] = static_cast<int16_t>(r[i][0] - r[i][2]);
-      out[plane] = static_cast<int16_t>(r[i][1] + r[i][2]);
-      out[2 * plane] = static_cast<int16_t>(r[i][2] - r[i][1]);
-      out[3 * plane] = static_cast<int16_t>(r[i][1] - r[i][3]);
-    }
-  }
-}
-
 // Y = A^T m A in wrapping int32 (see above), scaled per channel, + epilogue, for output channels
 // [k_begin, k_end).
 void OutputTileQ8Portable(const int32_t* m, int64_t plane, const TileOffsets& o, int64_t k_begin,
@@ -799,7 +780,7 @@ void RunBlockQ8(const Q8Plan& plan, int64_t b, const uint8_t* x, const float* sc
 #if defined(__x86_64__)
     if (count16 > 0) InputTileQ8Avx2(x, o, count16, vt, plane_v);
 #endif
-    InputTileQ8Portable(x, o, count16, g.c, vt, plane_v);
+    InputTilePortable(x, o, count16, g.c, vt, plane_v);
     if (plan.cp != g.c) {
       for (int64_t e = 0; e < 16; ++e) vt[e * plane_v + g.c] = 0;  // the pad channel
     }
