@@ -412,16 +412,8 @@ Gemm MakeGemm(const Geometry& g, int64_t tiles, int64_t weight_id, const Weights
   return gemm;
 }
 
-const Plan& GetPlan(const PlanKey& key, const Geometry& g, const Weights& w) {
-  WinogradCache& cache = Cache();
-  {
-    std::shared_lock<std::shared_mutex> lock(cache.mutex);
-    auto it = cache.plans.find(key);
-    if (it != cache.plans.end()) return *it->second;
-  }
-  std::unique_lock<std::shared_mutex> lock(cache.mutex);
-  auto it = cache.plans.find(key);
-  if (it != cache.plans.end()) return *it->second;
+// A new plan: blocking, GEMM primitives and prepacked U. Called with the cache's lock held.
+std::unique_ptr<const Plan> BuildPlan(const PlanKey& key, const Geometry& g, const Weights& w) {
   auto plan = std::make_unique<Plan>();
   plan->g = g;
   plan->threads = static_cast<int>(key.threads);
@@ -435,7 +427,27 @@ const Plan& GetPlan(const PlanKey& key, const Geometry& g, const Weights& w) {
   for (const Gemm& gemm : plan->gemms) {
     plan->scratch_bytes = std::max(plan->scratch_bytes, gemm.scratchpad_md.get_size());
   }
-  return *cache.plans.emplace(key, std::move(plan)).first->second;
+  return plan;
+}
+
+// The plan cached in `plans` under `key`; on a miss, built by `build` with `mutex` held
+// exclusively (misses are rare: the first call per shape) and kept for the process's life.
+template <typename Map, typename Build>
+const typename Map::mapped_type::element_type& CachedPlan(std::shared_mutex& mutex, Map& plans,
+                                                          const PlanKey& key, const Build& build) {
+  {
+    std::shared_lock<std::shared_mutex> lock(mutex);
+    auto it = plans.find(key);
+    if (it != plans.end()) return *it->second;
+  }
+  std::unique_lock<std::shared_mutex> lock(mutex);
+  auto it = plans.find(key);
+  if (it != plans.end()) return *it->second;
+  return *plans.emplace(key, build()).first->second;
+}
+
+const Plan& GetPlan(const PlanKey& key, const Geometry& g, const Weights& w) {
+  return CachedPlan(Cache().mutex, Cache().plans, key, [&] { return BuildPlan(key, g, w); });
 }
 
 // --- Per-thread scratch: V, M, the matmul's scratchpad and argument sets, reused by every call.
@@ -828,25 +840,19 @@ Q8Cache& CacheQ8() {
 
 const Q8Plan& GetPlanQ8(const PlanKey& key, const Geometry& g, const int8_t* w) {
   Q8Cache& cache = CacheQ8();
-  {
-    std::shared_lock<std::shared_mutex> lock(cache.mutex);
-    auto it = cache.plans.find(key);
-    if (it != cache.plans.end()) return *it->second;
-  }
-  std::unique_lock<std::shared_mutex> lock(cache.mutex);
-  auto it = cache.plans.find(key);
-  if (it != cache.plans.end()) return *it->second;
-  auto plan = std::make_unique<Q8Plan>();
-  plan->g = g;
-  plan->threads = static_cast<int>(key.threads);
-  plan->block = BlockTiles(g.tiles, g.c, g.k, plan->threads);
-  plan->blocks = (g.tiles + plan->block - 1) / plan->block;
-  plan->cp = PairedChannels(g.c);
-  plan->kp = PanelChannels(g.k);
-  auto& u = cache.weights[key.weight_id];
-  if (!u) u = std::make_shared<const std::vector<int16_t>>(TransformWeightsQ8(w, g.c, g.k));
-  plan->u = u;
-  return *cache.plans.emplace(key, std::move(plan)).first->second;
+  return CachedPlan(cache.mutex, cache.plans, key, [&] {
+    auto plan = std::make_unique<Q8Plan>();
+    plan->g = g;
+    plan->threads = static_cast<int>(key.threads);
+    plan->block = BlockTiles(g.tiles, g.c, g.k, plan->threads);
+    plan->blocks = (g.tiles + plan->block - 1) / plan->block;
+    plan->cp = PairedChannels(g.c);
+    plan->kp = PanelChannels(g.k);
+    auto& u = cache.weights[key.weight_id];
+    if (!u) u = std::make_shared<const std::vector<int16_t>>(TransformWeightsQ8(w, g.c, g.k));
+    plan->u = u;
+    return std::unique_ptr<const Q8Plan>(std::move(plan));
+  });
 }
 
 // --- The packed function. ---
