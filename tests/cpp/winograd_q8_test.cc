@@ -3,7 +3,7 @@
 // out = float(sum) * (a_scale * w_scales[k]) + bias + residual and the activation, in float as
 // the kernel finishes it. The integer part is exact, so the only difference allowed is float
 // rounding in the finish: 1e-6 of the magnitudes summed. Covered: channel counts off the SIMD
-// widths (the portable tails, C odd: the pad channel), tile counts off the 4-tile micro-tile, odd
+// widths (the portable tails, C odd: the pad channel), tile counts off the 6-tile micro-tile, odd
 // H and W, full-range int8 weights with saturated activations, the channel limit (1024, where
 // the int32 sums come closest to overflowing), agreement with ember.dnnl.conv2d_q8 (oneDNN's
 // direct int8 conv) on 7-bit weights, concurrent calls inside a parallel region, and refusals.
@@ -143,8 +143,8 @@ TEST_P(WinogradQ8Test, MatchesTheExactIntegerReference) {
 INSTANTIATE_TEST_SUITE_P(
     Shapes, WinogradQ8Test,
     ::testing::Values(
-        // tiles 2 x 5 x 3 = 30 (not a multiple of 4); C 20, K 12: off the 16 / 8 SIMD widths
-        Q8Case{2, 9, 5, 20, 12, true, true, Activation::kRelu, 63},
+        // tiles 2 x 5 x 4 = 40 (not a multiple of 6); C 20, K 12: off the 16 / 8 SIMD widths
+        Q8Case{2, 9, 7, 20, 12, true, true, Activation::kRelu, 63},
         Q8Case{1, 4, 4, 3, 5, false, false, Activation::kNone, 63},  // C odd: the pad channel
         Q8Case{2, 6, 7, 33, 17, true, false, Activation::kClip, 63},
         Q8Case{3, 12, 12, 64, 48, true, true, Activation::kRelu, 63},  // several blocks
