@@ -724,8 +724,8 @@ def _winograd_applies(f: _Fusion) -> bool:
 
     Static int8 convs (f.conv_q8) run as ember.dnnl.conv2d_wino_q8, exact in int16/int32, for 64
     to 256 channels only: against oneDNN's direct int8 conv (conv2d_q8) on the same shapes it took
-    0.75-0.96x the time at batch 32 (2 threads), 0.80-0.84x at 16 (one lane) and 0.86-0.94x at 1,
-    but 1.06-1.36x at 512 channels (7x7), at any batch (benchmarks/README.md).
+    0.68-0.80x the time at batch 32 (2 threads), 0.57-0.79x at 16 (one lane) and 0.71x at 1, but
+    1.13x at 512 channels (7x7) at batch 32 and 1.8x at batch 1 (benchmarks/README.md).
     Weight-only int8 convs (f.w8) follow the float rule as ember.dnnl.conv2d_wino_w8.
     """
     if f.kind != "conv2d":
