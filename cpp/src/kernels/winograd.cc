@@ -862,7 +862,8 @@ const Q8Plan& GetPlanQ8(const PlanKey& key, const Geometry& g, const int8_t* w) 
     auto plan = std::make_unique<Q8Plan>();
     plan->g = g;
     plan->threads = static_cast<int>(key.threads);
-    plan->block = BlockTiles(g.tiles, g.c, g.k, plan->threads);
+    // Whole micro-tiles per block: only the last block's GEMM runs padding rows.
+    plan->block = (BlockTiles(g.tiles, g.c, g.k, plan->threads) + kQ8Mr - 1) / kQ8Mr * kQ8Mr;
     plan->blocks = (g.tiles + plan->block - 1) / plan->block;
     plan->cp = PairedChannels(g.c);
     plan->kp = PanelChannels(g.k);
