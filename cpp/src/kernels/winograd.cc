@@ -653,12 +653,12 @@ __attribute__((target("avx2"))) void OutputTileQ8Avx2(const int32_t* m, int64_t 
   const __m256 lo = _mm256_set1_ps(ep.lo), hi = _mm256_set1_ps(ep.hi);
   for (int64_t ch = 0; ch < count8; ch += 8) {
     __m256i s[2][4];
-    for (int j = 0; j < 4; ++j) {
-      const auto* mj = reinterpret_cast<const __m256i*>(m + j * plane + ch);
-      const __m256i m0 = _mm256_loadu_si256(mj);
-      const __m256i m1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + (4 + j) * plane + ch));
-      const __m256i m2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + (8 + j) * plane + ch));
-      const __m256i m3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + (12 + j) * plane + ch));
+    for (int j = 0; j < 4; ++j) {  // elements j, 4 + j, 8 + j, 12 + j: column j of the 4x4 M
+      const int32_t* mj = m + j * plane + ch;
+      const __m256i m0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mj));
+      const __m256i m1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mj + 4 * plane));
+      const __m256i m2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mj + 8 * plane));
+      const __m256i m3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mj + 12 * plane));
       s[0][j] = _mm256_add_epi32(_mm256_add_epi32(m0, m1), m2);
       s[1][j] = _mm256_sub_epi32(_mm256_sub_epi32(m1, m2), m3);
     }
