@@ -79,14 +79,19 @@ struct TileOffsets {
   std::array<int64_t, 4> out;
 };
 
-TileOffsets OffsetsOf(const Geometry& g, int64_t tile) {
-  const int64_t img = tile / (g.th * g.tw), ty = tile / g.tw % g.th, tx = tile % g.tw;
+// The offsets of tile (img, ty, tx): `inputs` its 16 input offsets, else its 4 output offsets
+// (each transform needs one set; the other stays zero).
+TileOffsets OffsetsAt(const Geometry& g, int64_t img, int64_t ty, int64_t tx, bool inputs) {
   TileOffsets o{};
-  for (int64_t i = 0; i < 4; ++i) {
-    for (int64_t j = 0; j < 4; ++j) {
-      const int64_t y = 2 * ty - 1 + i, x = 2 * tx - 1 + j;
-      o.in[i * 4 + j] = y >= 0 && y < g.h && x >= 0 && x < g.w ? ((img * g.h + y) * g.w + x) * g.c : -1;
+  if (inputs) {
+    for (int64_t i = 0; i < 4; ++i) {
+      const int64_t y = 2 * ty - 1 + i;
+      for (int64_t j = 0; j < 4; ++j) {
+        const int64_t x = 2 * tx - 1 + j;
+        o.in[i * 4 + j] = y >= 0 && y < g.h && x >= 0 && x < g.w ? ((img * g.h + y) * g.w + x) * g.c : -1;
+      }
     }
+    return o;
   }
   for (int64_t i = 0; i < 2; ++i) {
     for (int64_t j = 0; j < 2; ++j) {
@@ -96,6 +101,29 @@ TileOffsets OffsetsOf(const Geometry& g, int64_t tile) {
   }
   return o;
 }
+
+// Tiles first, first + 1, ... in order, with their input (or output) offsets: one division per
+// walk instead of three per tile.
+class TileWalk {
+ public:
+  TileWalk(const Geometry& g, int64_t first, bool inputs)
+      : g_(g), inputs_(inputs), img_(first / (g.th * g.tw)), ty_(first / g.tw % g.th),
+        tx_(first % g.tw) {}
+
+  TileOffsets Next() {
+    const TileOffsets o = OffsetsAt(g_, img_, ty_, tx_, inputs_);
+    if (++tx_ == g_.tw) {
+      tx_ = 0;
+      if (++ty_ == g_.th) ty_ = 0, ++img_;
+    }
+    return o;
+  }
+
+ private:
+  const Geometry& g_;
+  bool inputs_;
+  int64_t img_, ty_, tx_;
+};
 
 // What follows the GEMMs: bias, residual, then the activation as a clamp to [lo, hi] (ReLU:
 // [0, inf); clip: [alpha, beta]; none: no clamp, so that NaNs pass as they would in oneDNN).
@@ -238,8 +266,9 @@ bool HasAvx() {
 void InputTransform(const Geometry& g, const float* x, int64_t first, int64_t count, float* v) {
   const int64_t plane = g.PlaneV(count);
   const int64_t count8 = HasAvx() ? g.c / 8 * 8 : 0;
+  TileWalk walk(g, first, true);
   for (int64_t t = 0; t < count; ++t) {
-    const TileOffsets o = OffsetsOf(g, first + t);
+    const TileOffsets o = walk.Next();
     float* vt = v + t * g.c;
 #if defined(__x86_64__)
     if (count8 > 0) InputTileAvx(x, o, count8, vt, plane);
@@ -253,8 +282,9 @@ void OutputTransform(const Geometry& g, const float* m, int64_t first, int64_t c
                      const Epilogue& ep, float* y) {
   const int64_t plane = g.PlaneM(count);
   const int64_t count8 = HasAvx() ? g.k / 8 * 8 : 0;
+  TileWalk walk(g, first, false);
   for (int64_t t = 0; t < count; ++t) {
-    const TileOffsets o = OffsetsOf(g, first + t);
+    const TileOffsets o = walk.Next();
     const float* mt = m + t * g.k;
 #if defined(__x86_64__)
     if (count8 > 0) OutputTileAvx(mt, plane, o, count8, ep, y);
@@ -804,8 +834,9 @@ void RunBlockQ8(const Q8Plan& plan, int64_t b, const uint8_t* x, const float* sc
   auto* m = static_cast<int32_t*>(Aligned(s.m, static_cast<size_t>(16 * plane_m) * sizeof(int32_t)));
 
   const int64_t count16 = avx2 ? g.c / 16 * 16 : 0;
+  TileWalk in_walk(g, first, true);
   for (int64_t t = 0; t < count; ++t) {
-    const TileOffsets o = OffsetsOf(g, first + t);
+    const TileOffsets o = in_walk.Next();
     int16_t* vt = v + t * plan.cp;
 #if defined(__x86_64__)
     if (count16 > 0) InputTileQ8Avx2(x, o, count16, vt, plane_v);
@@ -835,8 +866,9 @@ void RunBlockQ8(const Q8Plan& plan, int64_t b, const uint8_t* x, const float* sc
   }
 
   const int64_t count8 = avx2 ? g.k / 8 * 8 : 0;
+  TileWalk out_walk(g, first, false);
   for (int64_t t = 0; t < count; ++t) {
-    const TileOffsets o = OffsetsOf(g, first + t);
+    const TileOffsets o = out_walk.Next();
     const int32_t* mt = m + t * plan.kp;
 #if defined(__x86_64__)
     if (count8 > 0) OutputTileQ8Avx2(mt, plane_m, o, count8, scales, ep, y);
