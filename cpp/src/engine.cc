@@ -88,6 +88,8 @@ struct Engine::Impl {
   std::vector<std::thread> lanes;
 
   bool has_batch_axis() const { return !spec.buckets.empty(); }
+  // The engine's clock: arrivals, deadlines and the queue delay (see EngineOptions::clock_us).
+  int64_t Now() const { return options.clock_us ? options.clock_us() : NowUs(); }
   void LaneMain(size_t lane);
   void WaitForWork(std::unique_lock<std::mutex>& lock, int64_t until_us);
   void RunBatch(Executor& executor, std::vector<Request>& batch);
@@ -265,7 +267,7 @@ Status Engine::Submit(const runtime::NamedTensorViews& inputs, const SubmitOptio
     request.views.push_back(TensorView{dst, views[i].dtype, views[i].shape});
   }
   request.done = std::move(done);
-  request.arrival_us = NowUs();
+  request.arrival_us = s.Now();
   const int64_t timeout_us = options.timeout_us < 0 ? s.options.default_timeout_us : options.timeout_us;
   PendingRequest meta;
   meta.rows = std::max<int64_t>(request.rows, 1);
@@ -304,7 +306,7 @@ void Engine::Impl::LaneMain(size_t lane) {
       WaitForWork(lock, kNoDeadline);
       continue;
     }
-    const BatchDecision decision = policy.Next(pending, NowUs(), /*draining=*/closing);
+    const BatchDecision decision = policy.Next(pending, Now(), /*draining=*/closing);
     if (decision.batch.empty() && decision.expired.empty()) {
       WaitForWork(lock, decision.wake_at_us);
       continue;
@@ -351,18 +353,21 @@ void Engine::Impl::LaneMain(size_t lane) {
 void Engine::Impl::WaitForWork(std::unique_lock<std::mutex>& lock, int64_t until_us) {
   if (options.idle_spin_us > 0) {
     const uint64_t seen = arrivals.load(std::memory_order_acquire);
-    const int64_t spin_until = std::min(until_us, NowUs() + options.idle_spin_us);
+    const int64_t spin_until = NowUs() + options.idle_spin_us;  // a budget of real time
     lock.unlock();
     bool arrived = false;
-    while (!(arrived = arrivals.load(std::memory_order_acquire) != seen) && NowUs() < spin_until) {
+    while (!(arrived = arrivals.load(std::memory_order_acquire) != seen) && NowUs() < spin_until &&
+           Now() < until_us) {
       for (int i = 0; i < 16; ++i) CpuRelax();
     }
     LockSpinning(lock);
-    if (arrived || closing || NowUs() >= until_us) return;
+    if (arrived || closing || Now() >= until_us) return;
     if (arrivals.load(std::memory_order_acquire) != seen) return;
   }
   if (until_us == kNoDeadline) {
     work.wait(lock);
+  } else if (options.clock_us) {
+    work.wait_for(lock, std::chrono::milliseconds(1));  // simulated time: look again soon
   } else {
     work.wait_until(lock, std::chrono::steady_clock::time_point(std::chrono::microseconds(until_us)));
   }
@@ -377,7 +382,8 @@ void Engine::Impl::Fail(std::vector<Request>& requests, const Status& status) {
 }
 
 void Engine::Impl::RunBatch(Executor& executor, std::vector<Request>& batch) {
-  const int64_t start_us = NowUs();
+  const int64_t start_us = Now();        // the engine's clock: queue times
+  const int64_t run_start_us = NowUs();  // real time: compute times
   int64_t rows = 0;
   for (const Request& request : batch) rows += request.rows;
   metrics.RecordBatch(has_batch_axis() ? rows : 1);
@@ -425,12 +431,12 @@ void Engine::Impl::RunBatch(Executor& executor, std::vector<Request>& batch) {
   Status status = nothing_to_run ? Status::Ok() : executor.Run(views, run_rows, buffers);
   assembled = memory::Block();  // back to the pool before completions run
   if (!status.ok()) return Fail(batch, status);
-  const int64_t compute_us = NowUs() - start_us;
+  const int64_t compute_us = NowUs() - run_start_us;
   const int64_t average = recent_compute_us.load(std::memory_order_relaxed);
   recent_compute_us.store(average == 0 ? compute_us : (7 * average + compute_us) / 8,
                           std::memory_order_relaxed);
   auto shared = std::make_shared<const memory::Block>(std::move(out));
-  Deliver(batch, std::move(shared), offsets, run_rows, start_us, NowUs());
+  Deliver(batch, std::move(shared), offsets, run_rows, start_us, start_us + compute_us);
 }
 
 // Hands each request its rows of the batch's outputs: a view into the shared block when its rows

@@ -109,6 +109,17 @@ struct Fixture {
   }
 };
 
+// A clock the test moves by hand (EngineOptions::clock_us): deadlines and queue delays pass
+// exactly when the test says, never by sleeping.
+struct SimulatedClock {
+  std::shared_ptr<std::atomic<int64_t>> now_us = std::make_shared<std::atomic<int64_t>>(1'000'000);
+
+  std::function<int64_t()> Reader() const {
+    return [now = now_us] { return now->load(std::memory_order_acquire); };
+  }
+  void Advance(int64_t us) { now_us->fetch_add(us, std::memory_order_acq_rel); }
+};
+
 // Rows of x: row r of a request tagged `tag` is tag * 100 + r in every column.
 std::vector<float> Rows(float tag, int64_t rows) {
   std::vector<float> x(static_cast<size_t>(rows * kWidth));
@@ -181,17 +192,20 @@ TEST(Engine, RunsARequestAndReturnsItsRows) {
 }
 
 TEST(Engine, BatchesRequestsThatWaitTogetherAndGivesEachItsRows) {
+  SimulatedClock clock;
   EngineOptions options;
   options.max_batch_size = 16;
   options.max_queue_delay_us = 20000;
   options.preferred_batch_sizes = {16};
+  options.clock_us = clock.Reader();
   Fixture f(options);
   Collector c;
   f.state->Close();
-  ASSERT_TRUE(Submit(*f.engine, 1, 16, c).ok());  // occupies the lane
+  ASSERT_TRUE(Submit(*f.engine, 1, 16, c).ok());  // a preferred size: occupies the lane at once
   f.state->WaitUntilRunning(1);
   for (int tag = 2; tag <= 6; ++tag) ASSERT_TRUE(Submit(*f.engine, tag, tag - 1, c).ok());  // 15 rows
   f.state->Open();
+  clock.Advance(20000);  // the delay passes: the 15 rows close as one batch
   c.Wait(6);
   for (const auto& d : c.done) ExpectOutputsFor(d, d.tag == 1 ? 16 : d.tag - 1);
   std::lock_guard<std::mutex> lock(f.state->mutex);
@@ -203,19 +217,27 @@ TEST(Engine, BatchesRequestsThatWaitTogetherAndGivesEachItsRows) {
 }
 
 TEST(Engine, ABatchWaitsForTheDelayOfItsOldestRequest) {
+  SimulatedClock clock;
   EngineOptions options;
   options.max_batch_size = 16;
   options.max_queue_delay_us = 30000;
   options.preferred_batch_sizes = {16};
+  options.clock_us = clock.Reader();
   Fixture f(options);
   Collector c;
-  const auto start = std::chrono::steady_clock::now();
   ASSERT_TRUE(Submit(*f.engine, 1, 2, c).ok());
-  ASSERT_TRUE(Submit(*f.engine, 2, 3, c).ok());
+  clock.Advance(29999);
+  ASSERT_TRUE(Submit(*f.engine, 2, 3, c).ok());  // joins: the oldest has not waited 30 ms yet
+  EXPECT_EQ(c.Count(), 0u);
+  clock.Advance(1);
   c.Wait(2);
-  EXPECT_GE(std::chrono::steady_clock::now() - start, milliseconds(30));
-  std::lock_guard<std::mutex> lock(f.state->mutex);
-  EXPECT_EQ(f.state->batch_rows, (std::vector<int64_t>{8}));  // 5 rows together, bucket 8
+  {
+    std::lock_guard<std::mutex> lock(f.state->mutex);
+    EXPECT_EQ(f.state->batch_rows, (std::vector<int64_t>{8}));  // 5 rows together, bucket 8
+  }
+  const MetricsSnapshot m = f.engine->metrics();  // queue times on the simulated clock
+  EXPECT_EQ(m.queue_us.max, 30000u);
+  EXPECT_EQ(m.queue_us.sum, 30000u + 1u);  // the second request waited 1 us
 }
 
 TEST(Engine, BatchesNeverExceedMaxBatchSizeRows) {
@@ -260,14 +282,17 @@ TEST(Engine, HigherPriorityRunsFirst) {
 }
 
 TEST(Engine, ARequestPastItsDeadlineFailsAndNeverRuns) {
-  Fixture f({});
+  SimulatedClock clock;
+  EngineOptions options;
+  options.clock_us = clock.Reader();
+  Fixture f(options);
   Collector c;
   f.state->Close();
   ASSERT_TRUE(Submit(*f.engine, 1, 1, c).ok());
   f.state->WaitUntilRunning(1);
   ASSERT_TRUE(Submit(*f.engine, 2, 1, c, SubmitOptions{0, 1000}).ok());  // 1 ms
   ASSERT_TRUE(Submit(*f.engine, 3, 1, c, SubmitOptions{0, 0}).ok());     // no deadline
-  std::this_thread::sleep_for(milliseconds(20));
+  clock.Advance(1001);  // while the lane is still busy with request 1
   f.state->Open();
   c.Wait(3);
   for (const auto& d : c.done) {
@@ -286,20 +311,27 @@ TEST(Engine, ARequestPastItsDeadlineFailsAndNeverRuns) {
 }
 
 TEST(Engine, TheDefaultTimeoutAppliesWhenARequestNamesNone) {
+  SimulatedClock clock;
   EngineOptions options;
   options.default_timeout_us = 1000;
+  options.clock_us = clock.Reader();
   Fixture f(options);
   Collector c;
   f.state->Close();
-  ASSERT_TRUE(Submit(*f.engine, 1, 1, c, SubmitOptions{0, 0}).ok());  // no deadline: on a loaded
-  f.state->WaitUntilRunning(1);                                        // machine 1 ms may pass
-  ASSERT_TRUE(Submit(*f.engine, 2, 1, c).ok());
-  std::this_thread::sleep_for(milliseconds(20));
+  ASSERT_TRUE(Submit(*f.engine, 1, 1, c).ok());  // the default deadline; starts at once
+  f.state->WaitUntilRunning(1);
+  ASSERT_TRUE(Submit(*f.engine, 2, 1, c).ok());                       // the default: 1 ms
+  ASSERT_TRUE(Submit(*f.engine, 3, 1, c, SubmitOptions{0, 5000}).ok());  // its own: 5 ms
+  clock.Advance(1001);
   f.state->Open();
-  c.Wait(2);
-  int timeouts = 0;
-  for (const auto& d : c.done) timeouts += d.status.code() == StatusCode::kDeadlineExceeded;
-  EXPECT_EQ(timeouts, 1);
+  c.Wait(3);
+  for (const auto& d : c.done) {
+    if (d.tag == 2) {
+      EXPECT_EQ(d.status.code(), StatusCode::kDeadlineExceeded) << d.status.ToString();
+    } else {
+      ExpectOutputsFor(d, 1);
+    }
+  }
 }
 
 TEST(Engine, AFullQueueRefusesAtOnceAndNeverCallsTheCompletion) {
@@ -333,7 +365,7 @@ TEST(Engine, CloseWithDrainRunsEveryQueuedRequest) {
   f.state->WaitUntilRunning(1);
   for (int tag = 2; tag <= 6; ++tag) ASSERT_TRUE(Submit(*f.engine, tag, 2, c).ok());
   std::thread closer([&] { f.engine->Close(/*drain=*/true); });
-  std::this_thread::sleep_for(milliseconds(5));
+  while (!f.engine->closed()) std::this_thread::yield();  // Close() has begun; it waits on the gate
   EXPECT_EQ(Submit(*f.engine, 9, 1, c).code(), StatusCode::kClosed);
   f.state->Open();
   closer.join();  // returns only after every completion ran
@@ -370,8 +402,8 @@ TEST(Engine, DestroyingTheEngineCompletesEveryRequest) {
     ASSERT_TRUE(Submit(*f.engine, 1, 1, c).ok());
     f.state->WaitUntilRunning(1);
     for (int tag = 2; tag <= 5; ++tag) ASSERT_TRUE(Submit(*f.engine, tag, 1, c).ok());
-    std::thread opener([s = f.state] {
-      std::this_thread::sleep_for(milliseconds(20));
+    std::thread opener([s = f.state, &c] {
+      c.Wait(4);  // the destructor failed the 4 queued requests; the running one is still held
       s->Open();
     });
     f.engine.reset();

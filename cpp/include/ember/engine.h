@@ -38,6 +38,10 @@ struct EngineOptions {
   // Run the largest bucket on zeros before serving: prepacks weights and sizes the VM's memory,
   // so the first request is not slow, and times a batch (Create(model) turns this on).
   bool warm_up = false;
+  // Tests only: a simulated clock (microseconds) for arrival times, deadlines and the queue
+  // delay, so they can let time pass without sleeping. Empty: steady_clock. With it, a lane
+  // waiting for a time re-reads the clock every millisecond; compute times stay real.
+  std::function<int64_t()> clock_us;
 };
 
 // A full batch faster than this is overhead-bound: more threads per lane would only spin in
