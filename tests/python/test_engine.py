@@ -214,18 +214,21 @@ def test_a_request_past_its_deadline_raises_timeout_and_never_runs(
 
 
 def test_a_full_queue_refuses_at_once(mlp_model: ember.Model) -> None:
-    with ember.Engine(mlp_model, max_batch_size=1, max_queue_size=2) as eng:
-        blocker = eng.submit({"x": rows(20000, 0)})
-        while eng.queue_size:  # wait until the blocker runs
-            time.sleep(0.0005)
-        accepted = [eng.submit({"x": rows(1, i)}) for i in range(2)]
-        with pytest.raises(ember.QueueFullError, match="max_queue_size=2"):
-            eng.submit({"x": rows(1, 9)})
-        if blocker.done():
-            pytest.skip("the blocker finished before the queue filled")
-        for future in [blocker, *accepted]:
-            future.result(timeout=30)
-        assert eng.metrics().rejections == 1
+    # Single rows wait for a batch of 8 or a 10 s delay, so the queue stays full until close().
+    eng = ember.Engine(
+        mlp_model, max_queue_delay_us=10_000_000, preferred_batch_sizes=(8,), max_queue_size=2
+    )
+    accepted = [eng.submit({"x": rows(1, i)}) for i in range(2)]
+    assert eng.queue_size == 2
+    with pytest.raises(ember.QueueFullError, match="max_queue_size=2"):
+        eng.submit({"x": rows(1, 9)})
+    assert not any(future.done() for future in accepted)
+    eng.close(drain=True)
+    for i, future in enumerate(accepted):
+        np.testing.assert_allclose(
+            future.result(timeout=0)["y"], mlp_model.run({"x": rows(1, i)})["y"], rtol=1e-6
+        )
+    assert eng.metrics().rejections == 1
 
 
 def test_close_with_drain_finishes_everything_queued(mlp_model: ember.Model) -> None:
@@ -266,7 +269,8 @@ def test_asyncio_futures_resolve_when_closed_without_drain(mlp_model: ember.Mode
 
     async def scenario() -> list[BaseException | dict[str, np.ndarray]]:
         tasks = [asyncio.ensure_future(eng.infer({"x": rows(1, i)})) for i in range(3)]
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # one loop round: each task submits and awaits its future
+        assert eng.queue_size == 3
         eng.close(drain=False)
         return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
 
