@@ -28,3 +28,22 @@ def test_batching_script_runs_every_mode(tmp_path: Path) -> None:
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in results)
     assert report["engine_us"] > 0 and report["direct_us"] > 0
     assert any(label.startswith("1-client overhead") for label, _, _ in report["checks"])
+
+
+def test_targets_are_checked_only_against_the_baselines_that_ran() -> None:
+    def result(mode: str, rps: float) -> batching.Result:
+        return batching.Result("resnet18", "threads", 64, mode, 100, 1.0, rps, 1e5, 2e5)
+
+    report = batching.ModelReport("resnet18", (1, 32), delay_us=2000, offline_rows_per_s=60.0)
+    report.batch_compute_ms = 500.0
+    report.engine_us = report.direct_us = 30_000.0
+    report.results = [result("engine", 57.0)]  # run with --modes engine: no ORT to compare with
+    batching.evaluate(report)
+    labels = {label: ok for label, ok, _ in report.checks}
+    assert labels["threads: engine >= 0.9x offline"] is True
+    assert not any("ort" in label for label in labels)
+
+    report.checks.clear()
+    report.results.append(result("ort", 57.0))  # level with ORT does not beat it
+    batching.evaluate(report)
+    assert {label: ok for label, ok, _ in report.checks}["threads: engine beats ort"] is False
