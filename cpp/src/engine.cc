@@ -15,6 +15,7 @@
 
 #include "ember/cpu_relax.h"
 #include "ember/model.h"
+#include "ember/thread_name.h"
 
 namespace ember::engine {
 namespace {
@@ -228,6 +229,7 @@ Result<std::unique_ptr<Engine>> Engine::Create(ModelSpec spec, const ExecutorFac
   Impl* raw = engine->impl_.get();
   for (size_t lane = 0; lane < raw->executors.size(); ++lane) {
     raw->lanes.emplace_back([raw, lane] { raw->LaneMain(lane); });
+    NameThread(raw->lanes.back(), "ember-lane-" + std::to_string(lane));
   }
   return engine;
 }

@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "ember/thread_name.h"
+
 namespace ember::engine {
 namespace {
 
@@ -15,7 +17,9 @@ thread_local HeldBaton held_baton;
 }  // namespace
 
 HandoffGate::HandoffGate(std::chrono::microseconds stale_after)
-    : stale_after_(stale_after), watchdog_([this] { Watch(); }) {}
+    : stale_after_(stale_after), watchdog_([this] { Watch(); }) {
+  NameThread(watchdog_, "ember-handoff");
+}
 
 HandoffGate::~HandoffGate() {
   {

@@ -8,7 +8,10 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -515,6 +518,30 @@ TEST(Engine, WarmUpRunsAFullBatchAndGivesFastModelsOneThreadPerLane) {
   ASSERT_FALSE(failed.ok());
   EXPECT_EQ(failed.status().message(), "no warm-up for you");
 }
+
+#if defined(__linux__)
+// Names of this process's threads, from /proc (what top -H and perf show).
+std::vector<std::string> ThreadNames() {
+  std::vector<std::string> names;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    if (std::getline(comm, name)) names.push_back(name);
+  }
+  return names;
+}
+
+TEST(Engine, LaneThreadsAreNamedForProfilers) {
+  EngineOptions options;
+  options.lanes = 2;
+  options.threads_per_lane = 1;
+  Fixture f(options);
+  const std::vector<std::string> names = ThreadNames();  // named by Create(), before it returns
+  for (const char* want : {"ember-lane-0", "ember-lane-1"}) {
+    EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
+  }
+}
+#endif
 
 TEST(Engine, AFailingExecutorFactoryFailsCreate) {
   auto created = Engine::Create(FakeSpec(), []() -> Result<std::unique_ptr<Executor>> {
