@@ -317,3 +317,52 @@ def test_softmax_runs_in_the_library_and_matches_onnxruntime(
     x.flat[0] = 90.0  # overflows exp() in float unless the max is subtracted first
     artifact = _compile_and_compare(model, {"x": x}, tmp_path)
     assert artifact.manifest["kernel_library"]["softmax"] == 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "pool", "strides", "pads", "ceil", "conv_layout"),
+    [
+        ((2, 8, 9, 11), (2, 2), (2, 2), (0, 0, 0, 0), 0, None),  # no conv: stays NCHW
+        ((2, 8, 9, 11), (2, 2), (2, 2), (0, 0, 0, 0), 1, None),  # ceil_mode: one more window
+        ((3, 16, 14, 14), (3, 3), (2, 2), (1, 1, 1, 1), 0, "NHWC"),  # ResNet's stem pool
+        ((3, 16, 14, 14), (3, 3), (2, 2), (1, 1, 1, 1), 0, "NCHW8c"),
+        ((2, 16, 7, 10), (3, 2), (2, 3), (1, 0, 0, 1), 1, "NCHW8c"),  # asymmetric, ceil_mode
+    ],
+)
+def test_max_pool_runs_in_the_library_and_matches_onnxruntime(
+    tmp_path: Path,
+    shape: tuple[int, int, int, int],
+    pool: tuple[int, int],
+    strides: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    ceil: int,
+    conv_layout: str | None,
+) -> None:
+    """MaxPool alone or after a conv, so that it runs in the conv's layout. Inputs are mostly
+    negative: a pad read as 0 instead of ignored would show."""
+    rng = np.random.default_rng(sum(shape))
+    n, c, h, w = shape
+    pool_node = helper.make_node(
+        "MaxPool", ["p"], ["y"], kernel_shape=list(pool), strides=list(strides),
+        pads=[pads[0], pads[1], pads[2], pads[3]], ceil_mode=ceil,
+    )  # fmt: skip
+    kwargs: dict[str, object] = {}
+    if conv_layout is None:
+        nodes, inits = [helper.make_node("Identity", ["x"], ["p"]), pool_node], []
+    else:
+        weight = rng.standard_normal((c, c, 1, 1)).astype(np.float32) * 0.3
+        nodes, inits = [helper.make_node("Conv", ["x", "w"], ["p"]), pool_node], [("w", weight)]
+        kwargs["conv_layout"] = conv_layout
+    out_hw = [
+        (size + pads[d] + pads[d + 2] - pool[d] + (strides[d] - 1) * ceil) // strides[d] + 1
+        for d, size in enumerate((h, w))
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, c, *out_hw])],
+        inits,
+    )
+    x = (rng.standard_normal(shape) - 3).astype(np.float32)
+    artifact = _compile_and_compare(model, {"x": x}, tmp_path, **kwargs)
+    assert artifact.manifest["kernel_library"]["max_pool2d"] == 1

@@ -603,6 +603,58 @@ def _softmax_calls(func: Any) -> tuple[Any, int]:
     return _replace_bindings(func, replacements), len(replacements)
 
 
+_POOL_LAYOUTS = {"NCHW": 0, "NHWC": 1, "NCHW8c": 2}  # the layout codes of ember.dnnl.max_pool2d
+
+
+def _pool_fits(size: int, out: int, pool: int, stride: int, pad_l: int, pad_r: int) -> bool:
+    """Whether ember.dnnl.max_pool2d accepts this output size along one axis: at least what
+    the pads give (floor), at most one more window per axis (ceil_mode), each starting inside
+    the input or its leading pad (the kernel's check, so that it never refuses at run time)."""
+    if size + pad_l + pad_r < pool:
+        return False
+    return out >= (size + pad_l + pad_r - pool) // stride + 1 and (out - 1) * stride < size + pad_l
+
+
+def _max_pool_calls(func: Any) -> tuple[Any, int]:
+    """Every float32 max_pool2d with static shapes in NCHW, NHWC or NCHW8c (no dilation)
+    becomes ember.dnnl.max_pool2d: oneDNN's pooling, 5x faster than TVM's default schedule on
+    the digits CNN's NHWC pool and 7x on ResNet-18's at batch 1 (memory-bound and about level at
+    batch 32). Returns the function and how many it rewrote."""
+    from tvm import relax
+
+    planner = _Planner(func)
+    replacements: dict[Any, Any] = {}
+    for var, value in planner.values.items():
+        if not _op(value, "relax.nn.max_pool2d"):
+            continue
+        attrs = value.attrs
+        layout = str(attrs.layout)
+        x_type, out_type = _tensor_type(value.args[0]), _tensor_type(var)
+        if (
+            layout not in _POOL_LAYOUTS
+            or str(attrs.out_layout) != layout
+            or x_type is None
+            or out_type is None
+            or x_type[1] != "float32"
+            or out_type[1] != "float32"
+            or [int(d) for d in attrs.dilation] != [1, 1]
+        ):
+            continue
+        axes = (1, 2) if layout == "NHWC" else (2, 3)
+        pool = [int(v) for v in attrs.pool_size]
+        strides = [int(v) for v in attrs.strides]
+        pads = [int(v) for v in attrs.padding]  # top, left, bottom, right
+        if not all(
+            _pool_fits(x_type[0][a], out_type[0][a], pool[d], strides[d], pads[d], pads[d + 2])
+            for d, a in enumerate(axes)
+        ):
+            continue
+        args = [value.args[0], _prim(_POOL_LAYOUTS[layout])]
+        args += [_prim(v) for v in (*pool, *strides, *pads)]
+        replacements[var] = relax.call_dps_packed("ember.dnnl.max_pool2d", args, out_ty=var.ty)
+    return _replace_bindings(func, replacements), len(replacements)
+
+
 def _unwrap_weight_dequantize(func: Any, weight_only: dict[int, _WeightOnly]) -> Any:
     """dequantize(W int8, scales, 0) of a constant becomes the float constant W * scales (what
     folding would make of it), and the int8 form is remembered in `weight_only` under the weight
@@ -932,12 +984,13 @@ def dispatch_to_dnnl(
     With `winograd` (and unless EMBER_WINOGRAD=0), the convs `_winograd_applies` to call
     ember.dnnl.conv2d_wino. Returns the module and a report over all functions: the conv layout,
     "calls", per anchor kind ("conv2d", "matmul"), "conv2d_wino" (of the conv2d calls, those run
-    by the Winograd kernel), per fused post-op ("bias", "residual", "relu", ...) and "softmax"
-    (softmaxes run by ember.dnnl.softmax, counted in "calls" too)."""
+    by the Winograd kernel), per fused post-op ("bias", "residual", "relu", ...), "softmax"
+    and "max_pool2d" (run by ember.dnnl.softmax and ember.dnnl.max_pool2d, counted in "calls"
+    too)."""
     from tvm import relax
 
     fusions: list[_Fusion] = []
-    softmaxes = 0
+    softmaxes = max_pools = 0
     int8_convs: dict[int, _Int8Conv] = {}
     weight_only: dict[int, _WeightOnly] = {}
     for gv, func in list(mod.functions_items()):  # int8 QDQ ops, before folding loses them
@@ -968,9 +1021,17 @@ def dispatch_to_dnnl(
             fusions += found
             mod[gv], count = _softmax_calls(mod[gv])
             softmaxes += count
-    report = {"conv_layout": layout, "calls": len(fusions) + softmaxes, **_describe(fusions)}
+            mod[gv], count = _max_pool_calls(mod[gv])
+            max_pools += count
+    report = {
+        "conv_layout": layout,
+        "calls": len(fusions) + softmaxes + max_pools,
+        **_describe(fusions),
+    }
     if softmaxes:
         report["softmax"] = softmaxes
+    if max_pools:
+        report["max_pool2d"] = max_pools
     return mod, report
 
 
@@ -988,5 +1049,6 @@ def dispatched_kernels(mod: Any) -> Sequence[str]:
         "ember.dnnl.conv2d_w8",
         "ember.dnnl.conv2d_wino_w8",
         "ember.dnnl.softmax",
+        "ember.dnnl.max_pool2d",
     )
     return [name for name in names if f'"{name}"' in text]
