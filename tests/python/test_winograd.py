@@ -1,6 +1,6 @@
 """ember.dnnl.conv2d_wino (Winograd F(2x2,3x3), cpp/src/kernels/winograd.cc) end to end: the
-convs dispatch's rule picks (3x3, stride 1, pad 1, NHWC, 64-256 channels, or 512 with enough
-tiles) run on it, their outputs match ONNX Runtime, the rest stay on ember.dnnl.conv2d, and
+convs dispatch's rule picks (3x3, stride 1, pad 1, NHWC, 64-256 channels, or 16-63 and 512 with
+enough tiles) run on it, their outputs match ONNX Runtime, the rest stay on ember.dnnl.conv2d, and
 EMBER_WINOGRAD=0 turns it off."""
 
 from __future__ import annotations
@@ -123,18 +123,25 @@ def _single_conv(
     )
 
 
+IDS = ["3x3", "stride2", "5x5", "c32", "c16-k32-b32", "c16-k16-b32", "c32-b8", "sigmoid"]
+IDS += ["c512-b1", "c512-b16"]
+
+
 @pytest.mark.parametrize(
     ("case", "winograd"),
     [
         ((1, 64, 64, 8, 3, 1, "relu"), True),
         ((1, 64, 64, 8, 3, 2, "relu"), False),  # stride 2
         ((1, 64, 64, 8, 5, 1, "relu"), False),  # 5x5
-        ((1, 32, 32, 8, 3, 1, "relu"), False),  # < 64 channels: not measured
+        ((1, 32, 32, 8, 3, 1, "relu"), False),  # < 64 channels and 16 tiles: too thin
+        ((32, 16, 32, 8, 3, 1, "relu"), True),  # the digits CNN's conv at batch 32: 512 tiles
+        ((32, 16, 16, 8, 3, 1, "relu"), False),  # 16 -> 16 channels: no faster
+        ((8, 32, 32, 8, 3, 1, "relu"), False),  # 128 tiles: slower
         ((1, 64, 64, 8, 3, 1, "sigmoid"), False),  # an activation the kernel does not fuse
         ((1, 512, 512, 7, 3, 1, "relu"), False),  # 512 channels, 16 tiles: slower than direct
         ((16, 512, 512, 7, 3, 1, "relu"), True),  # 512 channels, 256 tiles: faster
     ],
-    ids=["3x3", "stride2", "5x5", "c32", "sigmoid", "c512-b1", "c512-b16"],
+    ids=IDS,
 )
 def test_dispatch_rule(case: tuple[int, ...], winograd: bool, tmp_path: Path) -> None:
     n, c, k, hw, kernel, stride, post = case
@@ -145,6 +152,34 @@ def test_dispatch_rule(case: tuple[int, ...], winograd: bool, tmp_path: Path) ->
     assert stats["conv2d"] == 1
     assert stats.get("conv2d_wino", 0) == int(winograd)
     assert_matches_ort(ember.load(artifact.path).run(feeds), ort_run(model, feeds))
+
+
+def test_a_few_channel_cnn_runs_winograd_in_nhwc_where_its_large_bucket_gains(
+    tmp_path: Path,
+) -> None:
+    """16 -> 32 channels would run blocked (NCHW8c) by oneDNN, but at batch 32 the Winograd
+    kernel is faster, and that needs NHWC: the batch-32 bucket's FLOPs outvote batch 1's. With
+    only batch 1, the conv stays blocked."""
+    rng = np.random.default_rng(7)
+    weight = (rng.standard_normal((32, 16, 3, 3)) / 12).astype(np.float32)
+    model = make_model(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32, 8, 8])],
+        [("w", weight)],
+    )
+    both = _compile(model, tmp_path / "both", batch_sizes=(1, 32))
+    stats = both.manifest["kernel_library"]
+    assert stats["conv_layout"] == "NHWC" and stats["conv2d_wino"] == 1  # batch 32 only
+    alone = _compile(model, tmp_path / "alone", batch_sizes=(1,))
+    stats = alone.manifest["kernel_library"]
+    assert stats["conv_layout"] == "NCHW8c" and "conv2d_wino" not in stats
+    for batch in (1, 32):
+        feeds = _feeds(batch, 16, 8, 8)
+        assert_matches_ort(ember.load(both.path).run(feeds), ort_run(model, feeds))
 
 
 @pytest.mark.skipif(

@@ -5,9 +5,10 @@ Convolutions are first converted to a layout oneDNN's direct kernels run well on
 folded so that biases and weights are plain constants the kernels can prepack once. Two activation
 layouts are used, one per model: NHWC, where brgconv is fastest for dense KxK convs (ResNet), and
 NCHW8c (oneDNN's nChw8c), where its depthwise, 1x1 and few-channel kernels are 1.1-2x faster than
-in NHWC (MobileNet, the digits CNN); see `choose_conv_layout`. NHWC 3x3 stride-1 convs with enough
-channels go to ember.dnnl.conv2d_wino, a Winograd F(2x2,3x3) kernel, or for static int8 to its
-integer form ember.dnnl.conv2d_wino_q8 (`_winograd_applies`).
+in NHWC (MobileNet); see `choose_conv_layout`. NHWC 3x3 stride-1 convs with enough channels and
+tiles go to ember.dnnl.conv2d_wino, a Winograd F(2x2,3x3) kernel, or for static int8 to its
+integer form ember.dnnl.conv2d_wino_q8 (`_winograd_applies`); such convs vote for NHWC (the digits
+CNN at batch 32).
 Argument lists here must match cpp/src/kernels/dnnl_kernels.cc (and winograd.cc).
 """
 
@@ -749,6 +750,8 @@ WINOGRAD_ENV = "EMBER_WINOGRAD"  # "0" turns ember.dnnl.conv2d_wino off (read at
 _WINOGRAD_MIN_CHANNELS = 64
 _WINOGRAD_MAX_CHANNELS = 256
 _WINOGRAD_MIN_TILES_WIDE = 256
+_WINOGRAD_MIN_CHANNELS_THIN = 16  # below _WINOGRAD_MIN_CHANNELS: only with enough tiles
+_WINOGRAD_MIN_TILES_THIN = 256
 
 
 def winograd_enabled() -> bool:
@@ -772,7 +775,12 @@ def _winograd_applies(f: _Fusion) -> bool:
     - 512 channels (7x7): only with >= 256 tiles (N * ceil(H/2) * ceil(W/2), e.g. batch >= 16
       there): 0.72-0.77x direct at batch 32, but 1.15-1.4x *slower* at batch 1, whose 16 tiles
       leave the GEMMs too thin for weights 16/9 the size of the direct conv's;
-    - fewer than 64 channels: not measured, so not used (thin GEMMs again).
+    - 16 to 63 channels (the smaller of C and K), the larger at least 32: only with >= 256
+      tiles. Measured (`conv2d` in NHWC and NCHW8c against `conv2d_wino` on the same inputs,
+      interleaved in one process, 2 threads; benchmarks/README.md): 0.63-0.81x the time of the
+      faster direct conv at 256-1024 tiles (C/K 16/32,
+      32/32, 32/48; the digits CNN's 16->32 on 8x8 at batch 32), but 1.04x at 16/16 and 1.25x
+      at 128 tiles: the GEMMs are too thin to pay for the transforms there.
 
     Static int8 convs (f.conv_q8) run as ember.dnnl.conv2d_wino_q8, exact in int16/int32, for 64
     to 256 channels only: against oneDNN's direct int8 conv (conv2d_q8) on the same shapes it took
@@ -803,13 +811,18 @@ def _winograd_applies(f: _Fusion) -> bool:
     ):
         return False
     n, h, width, c = x_type[0]
-    k = int(w.shape[0])
+    return _winograd_shape_applies(n, h, width, c, int(w.shape[0]), int8=f.conv_q8 is not None)
+
+
+def _winograd_shape_applies(n: int, h: int, width: int, c: int, k: int, *, int8: bool) -> bool:
+    """The channel and tile rule of `_winograd_applies` for an N x H x W x C -> K conv."""
+    tiles = n * ((h + 1) // 2) * ((width + 1) // 2)
     if min(c, k) < _WINOGRAD_MIN_CHANNELS:
-        return False
+        thin_ok = min(c, k) >= _WINOGRAD_MIN_CHANNELS_THIN and max(c, k) >= 32
+        return not int8 and thin_ok and tiles >= _WINOGRAD_MIN_TILES_THIN
     if max(c, k) <= _WINOGRAD_MAX_CHANNELS:
         return True
-    tiles = n * ((h + 1) // 2) * ((width + 1) // 2)
-    return f.conv_q8 is None and tiles >= _WINOGRAD_MIN_TILES_WIDE
+    return not int8 and tiles >= _WINOGRAD_MIN_TILES_WIDE
 
 
 def _describe(fusions: Sequence[_Fusion]) -> dict[str, int]:
@@ -947,10 +960,34 @@ def _flops(conv: Any) -> int:
     return 2 * math.prod(out[0] if out else w.shape[:1]) * math.prod(w.shape[1:])
 
 
-def choose_conv_layout(mod: Any, requested: str = "auto") -> str:
+def _winograd_in_nhwc(conv: Any) -> bool:
+    """Whether a (not yet converted, NCHW) float conv2d would run the Winograd kernel once in
+    NHWC: 3x3, stride 1, no dilation, pads 1, one group, and `_winograd_shape_applies`."""
+    attrs = conv.attrs
+    w = _const(conv.args[1])
+    x = _tensor_type(conv.args[0])
+    if w is None or x is None or len(x[0]) != 4 or str(attrs.data_layout) != "NCHW":
+        return False
+    if (
+        w.ndim != 4
+        or tuple(w.shape[2:]) != (3, 3)
+        or [int(v) for v in attrs.strides] != [1, 1]
+        or [int(v) for v in attrs.dilation] != [1, 1]
+        or [int(v) for v in attrs.padding] != [1, 1, 1, 1]
+        or int(attrs.groups) != 1
+    ):
+        return False
+    n, c, h, width = x[0]
+    return _winograd_shape_applies(n, h, width, c, int(w.shape[0]), int8=False)
+
+
+def choose_conv_layout(mod: Any, requested: str = "auto", winograd: bool = False) -> str:
     """The activation layout for a model's convs. "auto" picks the layout preferred (see
     `_prefers_blocked`) by the convs holding most of the model's conv FLOPs: NCHW8c for
-    MobileNet-style models (depthwise + 1x1) and small-channel CNNs, NHWC for ResNet-style ones."""
+    MobileNet-style models (depthwise + 1x1) and small-channel CNNs, NHWC for ResNet-style ones.
+    With `winograd`, a conv the Winograd kernel would run in NHWC votes NHWC: 0.63-0.81x the
+    time of oneDNN's blocked direct conv (see `_winograd_applies`). Each bucket's convs vote
+    with their own FLOPs, so the largest bucket decides."""
     if requested not in CONV_LAYOUTS:
         raise ValueError(f"conv_layout must be one of {CONV_LAYOUTS}, got {requested!r}")
     if requested != "auto":
@@ -958,7 +995,8 @@ def choose_conv_layout(mod: Any, requested: str = "auto") -> str:
     votes = {True: 0, False: 0}
     for conv in _conv2d_calls(mod):
         if _blockable(conv):
-            votes[_prefers_blocked(conv)] += _flops(conv)
+            blocked = _prefers_blocked(conv) and not (winograd and _winograd_in_nhwc(conv))
+            votes[blocked] += _flops(conv)
     return "NCHW8c" if votes[True] > votes[False] else "NHWC"
 
 
@@ -1008,15 +1046,13 @@ def dispatch_to_dnnl(
 
             raise CompileError("int8 convs need conv_layout 'NHWC' (or 'auto'), not 'NCHW8c'")
         conv_layout = "NHWC"
-    layout = choose_conv_layout(mod, conv_layout)
+    winograd = winograd and winograd_enabled()
+    layout = choose_conv_layout(mod, conv_layout, winograd=winograd)
     mod = relax.transform.FoldConstant()(_convert_conv_layouts(mod, layout))
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
             mod[gv], found = _rewrite(
-                func,
-                int8_convs=int8_convs,
-                weight_only=weight_only,
-                winograd=winograd and winograd_enabled(),
+                func, int8_convs=int8_convs, weight_only=weight_only, winograd=winograd
             )
             fusions += found
             mod[gv], count = _softmax_calls(mod[gv])
