@@ -119,6 +119,17 @@ int64_t IdOf(const WinoCase& t) { return 930000 + t.n * 100000 + t.h * 1000 + t.
 
 class WinogradTest : public ::testing::TestWithParam<WinoCase> {};
 
+TEST(Winograd, ThinConvsUseTheOwnGemmWhereTheCpuHasAvx2) {
+  if (!WinogradUsesAvx()) GTEST_SKIP() << "no AVX on this CPU";
+#if defined(__x86_64__)
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) GTEST_SKIP() << "no AVX2";
+#endif
+  EXPECT_TRUE(WinogradUsesThinGemm(16, 32));  // the digits CNN's conv
+  EXPECT_TRUE(WinogradUsesThinGemm(32, 48));
+  EXPECT_FALSE(WinogradUsesThinGemm(33, 48));  // wider: oneDNN's matmul
+  EXPECT_FALSE(WinogradUsesThinGemm(16, 24));  // K not a multiple of 16
+}
+
 TEST_P(WinogradTest, MatchesTheReferenceAndTheDirectConv) {
   const WinoCase t = GetParam();
   RegisterDnnlKernels();
@@ -132,8 +143,9 @@ TEST_P(WinogradTest, MatchesTheReferenceAndTheDirectConv) {
     ASSERT_NEAR(wino[i], direct[i], 2 * budget) << "at " << i;
     worst = std::max(worst, std::fabs(wino[i] - conv.want[i]) / (conv.scale[i] + 1e-30));
   }
-  std::printf("max |error| / scale = %.2e (budget %.0e; AVX transforms: %s)\n", worst, kBudget,
-              WinogradUsesAvx() ? "yes" : "no");
+  std::printf("max |error| / scale = %.2e (budget %.0e; AVX transforms: %s; thin GEMM: %s)\n",
+              worst, kBudget, WinogradUsesAvx() ? "yes" : "no",
+              WinogradUsesThinGemm(t.c, t.k) ? "yes" : "no");
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -147,7 +159,12 @@ INSTANTIATE_TEST_SUITE_P(
         WinoCase{1, 2, 3, 9, 17, true, false, Activation::kNone},      // smaller than a tile's input
         WinoCase{1, 30, 30, 64, 64, true, true, Activation::kRelu},    // several blocks per thread
         WinoCase{3, 14, 14, 64, 72, true, false, Activation::kRelu},   // K != C, last block shorter
-        WinoCase{1, 7, 7, 128, 128, false, true, Activation::kNone}),  // ResNet-like, batch 1
+        WinoCase{1, 7, 7, 128, 128, false, true, Activation::kNone},   // ResNet-like, batch 1
+        // C <= 32 and K % 16 == 0: the thin GEMM (GemmThinF32Avx2) instead of oneDNN's matmul
+        WinoCase{32, 8, 8, 16, 32, true, false, Activation::kRelu},    // the digits CNN, 512 tiles
+        WinoCase{3, 9, 7, 5, 16, true, true, Activation::kClip},       // 60 tiles: tails of 6
+        WinoCase{2, 10, 10, 32, 48, false, true, Activation::kNone},   // the widest thin C
+        WinoCase{2, 10, 10, 33, 48, true, false, Activation::kRelu}),  // one more: oneDNN again
     [](const ::testing::TestParamInfo<WinoCase>& param) {
       const WinoCase& c = param.param;
       return "n" + std::to_string(c.n) + "_" + std::to_string(c.h) + "x" + std::to_string(c.w) +

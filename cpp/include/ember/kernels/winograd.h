@@ -24,6 +24,7 @@
 // once warm. Thread-safe like the other ember.dnnl.* kernels.
 #pragma once
 
+#include <cstdint>
 #include <cstddef>
 
 namespace ember::kernels {
@@ -38,5 +39,9 @@ size_t WinogradCachedPlans();
 
 // Whether this CPU runs the float transforms with AVX (else the portable code).
 bool WinogradUsesAvx();
+
+// Whether a float conv with `c` input and `k` output channels runs its 16 GEMMs on ember's own
+// thin AVX2 kernel (C <= 32, K a multiple of 16, AVX2 + FMA) rather than oneDNN's batched matmul.
+bool WinogradUsesThinGemm(int64_t c, int64_t k);
 
 }  // namespace ember::kernels
