@@ -366,3 +366,71 @@ def test_max_pool_runs_in_the_library_and_matches_onnxruntime(
     x = (rng.standard_normal(shape) - 3).astype(np.float32)
     artifact = _compile_and_compare(model, {"x": x}, tmp_path, **kwargs)
     assert artifact.manifest["kernel_library"]["max_pool2d"] == 1
+
+
+def _flatten_model(extra_user: bool) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Conv (16 channels) -> ReLU -> Flatten -> two Gemm heads (transB, as PyTorch exports), and
+    with `extra_user` also the flattened features themselves as an output."""
+    rng = np.random.default_rng(11)
+    inits = [
+        ("w", rng.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.2),
+        ("fa", rng.standard_normal((10, 16 * 5 * 6)).astype(np.float32) * 0.1),
+        ("fb", rng.standard_normal((3, 16 * 5 * 6)).astype(np.float32) * 0.1),
+        ("ba", rng.standard_normal(10).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("Gemm", ["f", "fa", "ba"], ["ya"], transB=1),
+        helper.make_node("Gemm", ["f", "fb"], ["yb"], transB=1),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("ya", TensorProto.FLOAT, [4, 10]),
+        helper.make_tensor_value_info("yb", TensorProto.FLOAT, [4, 3]),
+    ]
+    if extra_user:
+        outputs.append(helper.make_tensor_value_info("f", TensorProto.FLOAT, [4, 16 * 5 * 6]))
+    model = make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8, 5, 6])], outputs, inits
+    )
+    return model, {"x": rng.standard_normal((4, 8, 5, 6)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("extra_user", [False, True], ids=["matmuls-only", "features-too"])
+def test_a_flatten_after_nhwc_convs_moves_into_the_weights(
+    tmp_path: Path, extra_user: bool
+) -> None:
+    """In NHWC, TVM transposes back to NCHW before a flatten; when only library matmuls read the
+    flattened features, the weights' rows are permuted instead (once, at compile time). Where the
+    features are also an output, the transpose must stay."""
+    model, feeds = _flatten_model(extra_user)
+    artifact = _compile_and_compare(model, feeds, tmp_path, conv_layout="NHWC")
+    stats = artifact.manifest["kernel_library"]
+    assert stats["matmul"] == 2
+    assert stats.get("flatten_into_weights", 0) == int(not extra_user)
+
+
+def test_a_flatten_after_blocked_convs_stays_correct(tmp_path: Path) -> None:
+    model, feeds = _flatten_model(extra_user=False)
+    artifact = _compile_and_compare(model, feeds, tmp_path, conv_layout="NCHW8c")
+    assert artifact.manifest["kernel_library"]["nchw8c"] == 1
+
+
+def test_a_permute_that_moves_only_size_1_axes_becomes_a_reshape() -> None:
+    """NCHW -> NHWC of a 1-channel image keeps the element order: a view, not a copy kernel."""
+    from tvm import relax
+
+    from ember.compiler.dispatch import _permutes_as_reshapes
+
+    def permuted(shape: tuple[int, ...]) -> str:
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType(shape, "float32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                y = bb.emit_output(relax.op.permute_dims(x, [0, 2, 3, 1]))
+            bb.emit_func_output(y)
+        return str(_permutes_as_reshapes(bb.get()["main"]).script())
+
+    assert "R.reshape(x, R.shape([2, 4, 5, 1]))" in permuted((2, 1, 4, 5))
+    assert "R.permute_dims" in permuted((2, 3, 4, 5))  # moves real data: stays
