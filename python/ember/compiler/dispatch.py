@@ -8,7 +8,8 @@ NCHW8c (oneDNN's nChw8c), where its depthwise, 1x1 and few-channel kernels are 1
 in NHWC (MobileNet); see `choose_conv_layout`. NHWC 3x3 stride-1 convs with enough channels and
 tiles go to ember.dnnl.conv2d_wino, a Winograd F(2x2,3x3) kernel, or for static int8 to its
 integer form ember.dnnl.conv2d_wino_q8 (`_winograd_applies`); such convs vote for NHWC (the digits
-CNN at batch 32).
+CNN at batch 32). Softmax and max-pool run on oneDNN too, and a flatten after NHWC convs moves its
+transpose into the next matmuls' weights (`_flatten_into_weights`).
 Argument lists here must match cpp/src/kernels/dnnl_kernels.cc (and winograd.cc).
 """
 
@@ -1117,7 +1118,7 @@ def dispatch_to_dnnl(
     "calls", per anchor kind ("conv2d", "matmul"), "conv2d_wino" (of the conv2d calls, those run
     by the Winograd kernel), per fused post-op ("bias", "residual", "relu", ...), "softmax"
     and "max_pool2d" (run by ember.dnnl.softmax and ember.dnnl.max_pool2d, counted in "calls"
-    too)."""
+    too), and "flatten_into_weights" (flattens whose transpose moved into matmul weights)."""
     from tvm import relax
 
     fusions: list[_Fusion] = []
