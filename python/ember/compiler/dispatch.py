@@ -898,14 +898,21 @@ def _winograd_applies(f: _Fusion) -> bool:
         or str(attrs.kernel_layout) != "OHWI"
         or w.ndim != 4
         or tuple(w.shape[1:3]) != (3, 3)
-        or [int(v) for v in attrs.strides] != [1, 1]
-        or [int(v) for v in attrs.dilation] != [1, 1]
-        or [int(v) for v in attrs.padding] != [1, 1, 1, 1]
-        or int(attrs.groups) != 1
+        or not _winograd_conv_attrs(attrs)
     ):
         return False
     n, h, width, c = x_type[0]
     return _winograd_shape_applies(n, h, width, c, int(w.shape[0]), int8=f.conv_q8 is not None)
+
+
+def _winograd_conv_attrs(attrs: Any) -> bool:
+    """Stride 1, no dilation, pad 1 on every side and one group: what F(2x2,3x3) computes."""
+    return (
+        [int(v) for v in attrs.strides] == [1, 1]
+        and [int(v) for v in attrs.dilation] == [1, 1]
+        and [int(v) for v in attrs.padding] == [1, 1, 1, 1]
+        and int(attrs.groups) == 1
+    )
 
 
 def _winograd_shape_applies(n: int, h: int, width: int, c: int, k: int, *, int8: bool) -> bool:
@@ -1062,14 +1069,7 @@ def _winograd_in_nhwc(conv: Any) -> bool:
     x = _tensor_type(conv.args[0])
     if w is None or x is None or len(x[0]) != 4 or str(attrs.data_layout) != "NCHW":
         return False
-    if (
-        w.ndim != 4
-        or tuple(w.shape[2:]) != (3, 3)
-        or [int(v) for v in attrs.strides] != [1, 1]
-        or [int(v) for v in attrs.dilation] != [1, 1]
-        or [int(v) for v in attrs.padding] != [1, 1, 1, 1]
-        or int(attrs.groups) != 1
-    ):
+    if w.ndim != 4 or tuple(w.shape[2:]) != (3, 3) or not _winograd_conv_attrs(attrs):
         return False
     n, c, h, width = x[0]
     return _winograd_shape_applies(n, h, width, c, int(w.shape[0]), int8=False)
