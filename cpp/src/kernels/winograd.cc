@@ -458,7 +458,8 @@ struct Plan {
   int threads = 1;
   int64_t block = 0, blocks = 0;
   std::vector<Gemm> gemms;  // [0]: `block` tiles; [1]: the last block's, when it is shorter
-  std::shared_ptr<memory> thin_u;  // instead of `gemms` where UsesThinGemm: U, [16][C][K] plain
+  std::shared_ptr<const std::vector<float>> thin_u;  // instead of `gemms` where UsesThinGemm:
+                                                     // U, [16][C][K] plain
   size_t v_floats = 0, m_floats = 0, scratch_bytes = 0;  // per-thread scratch
 };
 
@@ -485,6 +486,8 @@ struct WinogradCache {
   std::unordered_map<PlanKey, std::unique_ptr<const Plan>, PlanKeyHash> plans;
   // Transformed weights per weight id and packed layout, shared by the plans of every batch size.
   std::map<int64_t, std::vector<std::pair<memory::desc, std::shared_ptr<memory>>>> packed;
+  // U per weight id for the thin GEMM, plain: no oneDNN memory or reorder needed.
+  std::map<int64_t, std::shared_ptr<const std::vector<float>>> thin;
 };
 
 WinogradCache& Cache() {
@@ -511,6 +514,25 @@ struct Weights {
   const float* scales;  // nullptr: `data` is float32
 };
 
+// U [16][C][K] of `w`: int8 weights (conv2d_wino_w8) are dequantized first.
+std::vector<float> TransformedWeights(const Weights& w, const Geometry& g) {
+  if (w.scales == nullptr) return TransformWeights(static_cast<const float*>(w.data), g.c, g.k);
+  const auto* w8 = static_cast<const int8_t*>(w.data);  // OHWI: w * scales[k]
+  std::vector<float> dequantized(static_cast<size_t>(g.k * 9 * g.c));
+  for (size_t i = 0; i < dequantized.size(); ++i) {
+    dequantized[i] = static_cast<float>(w8[i]) * w.scales[i / static_cast<size_t>(9 * g.c)];
+  }
+  return TransformWeights(dequantized.data(), g.c, g.k);
+}
+
+// U of weight `weight_id` for the thin GEMM, computed once. Called with the cache's lock held.
+std::shared_ptr<const std::vector<float>> ThinWeights(int64_t weight_id, const Weights& w,
+                                                      const Geometry& g) {
+  auto& u = Cache().thin[weight_id];
+  if (!u) u = std::make_shared<const std::vector<float>>(TransformedWeights(w, g));
+  return u;
+}
+
 // U of weight `weight_id` in `packed_md`: transformed from `w` and reordered once per layout.
 // Called with the cache's exclusive lock held.
 std::shared_ptr<memory> PackedWeights(int64_t weight_id, const Weights& w, const Geometry& g,
@@ -519,17 +541,7 @@ std::shared_ptr<memory> PackedWeights(int64_t weight_id, const Weights& w, const
   for (const auto& [md, mem] : layouts) {
     if (md == packed_md) return mem;
   }
-  std::vector<float> dequantized;
-  const float* w_float = static_cast<const float*>(w.data);
-  if (w.scales != nullptr) {  // int8 OHWI: w * scales[k], once per weight id
-    const auto* w8 = static_cast<const int8_t*>(w.data);
-    dequantized.resize(static_cast<size_t>(g.k * 9 * g.c));
-    for (size_t i = 0; i < dequantized.size(); ++i) {
-      dequantized[i] = static_cast<float>(w8[i]) * w.scales[i / static_cast<size_t>(9 * g.c)];
-    }
-    w_float = dequantized.data();
-  }
-  std::vector<float> u = TransformWeights(w_float, g.c, g.k);
+  std::vector<float> u = TransformedWeights(w, g);
   auto packed = std::make_shared<memory>(packed_md, Engine());
   memory plain(memory::desc({16, g.c, g.k}, kF32, memory::format_tag::abc), Engine(), u.data());
   dnnl::stream stream(Engine());
@@ -566,8 +578,7 @@ std::unique_ptr<const Plan> BuildPlan(const PlanKey& key, const Geometry& g, con
   plan->blocks = (g.tiles + plan->block - 1) / plan->block;
   const int64_t tail = g.tiles - (plan->blocks - 1) * plan->block;
   if (UsesThinGemm(g)) {
-    plan->thin_u = PackedWeights(key.weight_id, w, g,
-                                 memory::desc({16, g.c, g.k}, kF32, memory::format_tag::abc));
+    plan->thin_u = ThinWeights(key.weight_id, w, g);
   } else {
     plan->gemms.push_back(MakeGemm(g, plan->block, key.weight_id, w));
     if (tail != plan->block) plan->gemms.push_back(MakeGemm(g, tail, key.weight_id, w));
@@ -630,8 +641,7 @@ void RunBlock(const Plan& plan, int64_t b, const float* x, const Epilogue& ep, f
 #if defined(__x86_64__)
   if (plan.thin_u) {
     InputTransform(g, x, first, count, v);
-    GemmThinF32Avx2(v, g.PlaneV(count), static_cast<const float*>(plan.thin_u->get_data_handle()),
-                    g.c, g.k, count, m, g.PlaneM(count));
+    GemmThinF32Avx2(v, g.PlaneV(count), plan.thin_u->data(), g.c, g.k, count, m, g.PlaneM(count));
     OutputTransform(g, m, first, count, ep, y);
     return;
   }
