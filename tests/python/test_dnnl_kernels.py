@@ -434,3 +434,30 @@ def test_a_permute_that_moves_only_size_1_axes_becomes_a_reshape() -> None:
 
     assert "R.reshape(x, R.shape([2, 4, 5, 1]))" in permuted((2, 1, 4, 5))
     assert "R.permute_dims" in permuted((2, 3, 4, 5))  # moves real data: stays
+
+
+def test_a_flatten_that_is_also_the_residual_keeps_its_transpose(tmp_path: Path) -> None:
+    """Gemm(f) + f, the add fused into the matmul as its residual: permuting the weights would
+    leave the residual in the other order, so the transpose stays."""
+    rng = np.random.default_rng(12)
+    features = 8 * 2 * 3
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Flatten", ["c"], ["f"]),
+        helper.make_node("Gemm", ["f", "fw"], ["g"], transB=1),
+        helper.make_node("Add", ["g", "f"], ["y"]),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8, 2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, features])],
+        [
+            ("w", rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2),
+            ("fw", rng.standard_normal((features, features)).astype(np.float32) * 0.1),
+        ],
+    )
+    feeds = {"x": rng.standard_normal((3, 8, 2, 3)).astype(np.float32)}
+    artifact = _compile_and_compare(model, feeds, tmp_path, conv_layout="NHWC")
+    stats = artifact.manifest["kernel_library"]
+    assert stats["matmul"] == 1 and stats.get("residual", 0) == 1
+    assert "flatten_into_weights" not in stats

@@ -605,12 +605,24 @@ def _softmax_calls(func: Any) -> tuple[Any, int]:
     return _replace_bindings(func, replacements), len(replacements)
 
 
-# Library matmuls whose argument 1 is a constant 2-d weight [K, N]: the index of their weight_id.
-_MATMUL_WEIGHT_ID_ARG = {
-    "ember.dnnl.matmul": 8,
-    "ember.dnnl.matmul_w8": 9,
-    "ember.dnnl.matmul_q8": 10,
+# Library matmuls whose argument 1 is a constant 2-d weight [K, N]: the index of their weight_id,
+# and their optional operands as {argument: index of its has_* flag} (bias, residual; see
+# cpp/src/kernels/dnnl_kernels.cc).
+_MATMUL_ARGS: dict[str, tuple[int, dict[int, int]]] = {
+    "ember.dnnl.matmul": (8, {2: 5, 3: 6}),
+    "ember.dnnl.matmul_w8": (9, {3: 6, 4: 7}),
+    "ember.dnnl.matmul_q8": (10, {3: 7, 4: 8}),
 }
+
+
+def _reads_only_as_input(var: Any, name: str, args: list[Any]) -> bool:
+    """Whether library matmul `name` reads `var` as its input `a` and nowhere else (an optional
+    operand's slot that repeats it while its has_* flag is 0 is a placeholder, never read)."""
+    optional = _MATMUL_ARGS[name][1]
+    for i, arg in enumerate(args[1:], start=1):
+        if arg.same_as(var) and not (i in optional and int(args[optional[i]].value) == 0):
+            return False
+    return bool(args[0].same_as(var))
 
 
 def _packed_call(value: Any) -> tuple[str, list[Any]] | None:
@@ -647,9 +659,10 @@ def _flatten_into_weights(func: Any) -> tuple[Any, int]:
         calls = [(u, _packed_call(planner.values.get(u))) for u in users]
         if planner.users.get(permuted, []) != [var] or not calls:
             continue
-        if not all(c is not None and c[0] in _MATMUL_WEIGHT_ID_ARG for _, c in calls):
-            continue
-        if not all(c is not None and c[1][0].same_as(var) for _, c in calls):
+        if not all(
+            c is not None and c[0] in _MATMUL_ARGS and _reads_only_as_input(var, *c)
+            for _, c in calls
+        ):
             continue
         weights = [_const(c[1][1]) for _, c in calls if c is not None]
         features = int(np.prod(y_type[0][1:]))
@@ -666,7 +679,7 @@ def _flatten_into_weights(func: Any) -> tuple[Any, int]:
             moved = np.empty_like(w)
             moved[source] = w
             args[1] = relax.const(moved)
-            args[_MATMUL_WEIGHT_ID_ARG[name]] = _prim(_weight_id(moved))
+            args[_MATMUL_ARGS[name][0]] = _prim(_weight_id(moved))
             old = planner.values[user]
             replacements[user] = relax.call_dps_packed(name, args, out_ty=old.ty)
         flattens += 1
