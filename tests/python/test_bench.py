@@ -366,6 +366,28 @@ def test_remote_rows_through_ember_rpc_server(cpu_run: tuple[Path, str], tmp_pat
     assert len(rows_of(doc, "cpu", "local")) == 4  # the host runs alongside the device
 
 
+def test_reused_artifacts_run_where_tvm_cannot_be_imported(
+    cpu_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A host that only runs prebuilt artifacts (a GPU box, a device) may lack TVM's 259 MB
+    compiler: with --reuse the plan comes from the artifact's manifest, not from TVM."""
+    out = tmp_path / "out"
+    shutil.copytree(cpu_run[0] / "artifacts", out / "artifacts")
+    no_tvm = "import sys; sys.modules['tvm'] = None; import ember.cli; sys.exit(ember.cli.main())"
+    proc = subprocess.run(
+        [sys.executable, "-c", no_tvm, "bench", "digits_mlp", "--targets", "cpu",
+         "--batch-sizes", "1,8", "--min-time", "0.1", "--out", str(out), "--reuse"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "reusing" in proc.stderr
+    doc = load_results(out)
+    assert doc["artifacts"]["cpu"]["reused"] is True
+    rows = rows_of(doc, "cpu", "local")
+    assert [(r["batch"], r["status"]) for r in rows] == [(1, "ok"), (8, "ok")]
+    assert all(r["max_abs_delta"] < 1e-4 for r in rows)
+
+
 def test_stock_tvm_rpc_server_is_refused_clearly(tmp_path: Path) -> None:
     with server(sys.executable, "-m", "tvm.exec.rpc_server", port_end=True) as (port, _):
         code, err = run_cli(

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from .local import BaselineRunner, LocalRunner, Runner
 from .measure import RSS_SAMPLE_INTERVAL_S, CellSkipped, Measured
 from .remote import RemoteRunner, RemoteSession
 from .schema import SCHEMA_VERSION, BenchError, Result, validate_results
+
+if TYPE_CHECKING:
+    from ..compiler.targets import Target
 
 Progress = Callable[[str], None]
 BASELINES = ("onnxruntime", "none")
@@ -228,7 +231,7 @@ class _Bench:
         self, target: str, source: str, out_dir: Path, remote: RemoteSession | None
     ) -> None:
         try:
-            runnable, skipped = self._plan(target, remote)
+            runnable, skipped = self._plan(target, out_dir, remote)
         except EmberError as exc:
             self._skip(target, "local", str(exc), {}, failed=True)
             return
@@ -254,7 +257,9 @@ class _Bench:
                 if runner is not None:
                     runner.close()
 
-    def _plan(self, target: str, remote: RemoteSession | None) -> tuple[list[str], dict[str, str]]:
+    def _plan(
+        self, target: str, out_dir: Path, remote: RemoteSession | None
+    ) -> tuple[list[str], dict[str, str]]:
         """Which runners can run `target` here, and why the others cannot."""
         from .. import _core
         from ..compiler.targets import resolve_target
@@ -268,7 +273,7 @@ class _Bench:
                 if remote is not None:
                     skipped["remote"] = f"no GPU on the device at {remote.address}"
                 return runnable, skipped
-        resolved = resolve_target(target)
+        resolved = self._reused_target(target, out_dir) or resolve_target(target)
         host_arch = _core.host_arch()
         if resolved.kind == "cuda":
             if gpu_names():
@@ -295,11 +300,25 @@ class _Bench:
                 skipped["remote"] = why
         return runnable, skipped
 
+    def _artifact_path(self, target: str, out_dir: Path) -> Path:
+        return out_dir / "artifacts" / f"{self.model.name}-{target}.ember"
+
+    def _reused_target(self, target: str, out_dir: Path) -> Target | None:
+        """The target a reusable artifact records, or None. Planning from it needs neither TVM's
+        compiler nor a GPU query, so a host that only runs prebuilt artifacts can bench them."""
+        from ..artifact import Artifact
+        from ..compiler.targets import Target
+
+        path = self._artifact_path(target, out_dir)
+        if not (self.config.reuse and self._reusable(path, target)):
+            return None
+        return Target.from_json(Artifact(path).manifest["target"])
+
     def _compile(self, target: str, source: str, out_dir: Path) -> _Compiled:
         from ..artifact import Artifact
         from ..compiler import compile as ember_compile
 
-        path = out_dir / "artifacts" / f"{self.model.name}-{target}.ember"
+        path = self._artifact_path(target, out_dir)
         if self.config.reuse and self._reusable(path, target):
             manifest = Artifact(path).manifest
             compiled = _Compiled(path, float(manifest.get("compile_seconds", 0.0)), _tune(manifest))

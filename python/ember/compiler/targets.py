@@ -45,6 +45,20 @@ class Target:
             "required_cpu_features": list(self.required_cpu_features),
         }
 
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Target:
+        """The target an artifact's manifest records (`to_json`'s form); needs no TVM."""
+        try:
+            return cls(
+                name=str(doc["name"]),
+                tvm=dict(doc["tvm"]),
+                kind=str(doc["kind"]),
+                arch=str(doc["arch"]),
+                required_cpu_features=tuple(str(f) for f in doc.get("required_cpu_features", ())),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UnknownTargetError(f"malformed target record {dict(doc)!r}: {exc}") from exc
+
 
 def _host_target_dict() -> dict[str, Any]:
     from tvm.target import codegen
