@@ -29,6 +29,7 @@ from typing import Any
 
 from ..artifact import CHECKSUMS_FILE, LIBRARY_FILE, MANIFEST_FILE
 from ..errors import CompileError
+from .gpu_convs import convs_for_gpu
 from .targets import CUDA_ARCHS, Target
 
 # The CUDA runtime that the apache-tvm wheel's libtvm_runtime_cuda.so links (DT_NEEDED).
@@ -357,6 +358,12 @@ def build_cuda_library(
         )
     plan = code_plan(_target_arch(target))
     toolchain = find_toolchain()
+    mod, convs = convs_for_gpu(mod)
+    if convs.gemm or convs.depthwise:
+        say(
+            f"[ember] convs for the GPU schedules (per batch bucket): {convs.gemm} as GEMMs, "
+            f"{convs.depthwise} depthwise as fused elementwise sums, {convs.kept} left to TVM"
+        )
     say(
         f"[ember] compiling kernels with nvcc {toolchain.version_text} ({toolchain.origin}): "
         f"cubins {', '.join(plan.sass)} + PTX {plan.ptx}"
