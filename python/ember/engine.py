@@ -101,6 +101,8 @@ class Engine:
     (lanes x threads may not exceed ember's threads). By default the cores are divided among the
     lanes, except for models whose full batch runs in under 1 ms (timed once at creation, which
     also warms the model up): they get one thread per lane, leaving the other cores to the callers.
+    `lanes=None` (the default) means one lane, or, for such fast models, half of ember's cores as
+    lanes (1 on 2 cores, 8 on 16), so that many callers' batches run side by side.
 
     Thread-safe. Close it (or use `with`) to finish or fail everything pending; no future hangs.
     """
@@ -109,7 +111,7 @@ class Engine:
         self,
         artifact: str | os.PathLike[str] | Model,
         *,
-        lanes: int = 1,
+        lanes: int | None = None,
         threads_per_lane: int | None = None,
         max_batch_size: int | None = None,
         max_queue_delay_us: int = 500,
@@ -120,7 +122,7 @@ class Engine:
         self.model = artifact if isinstance(artifact, Model) else Model(artifact)
         self._core = _core.Engine(
             self.model._core_model,
-            lanes=lanes,
+            lanes=0 if lanes is None else lanes,
             threads_per_lane=threads_per_lane or 0,
             max_batch_size=max_batch_size or 0,
             max_queue_delay_us=max_queue_delay_us,

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -35,6 +37,8 @@ struct FakeState {
   std::vector<float> first_values;  // x[0][0] of each Run, to see the order requests ran in
   Status fail_with;                 // returned by every Run when not ok
   int64_t run_sleep_us = 0;         // each Run takes at least this long
+  int64_t team_sleep_us = 0;        // ... or this long when OpenMP would use more than one thread
+  std::vector<int> teams;           // omp_get_max_threads() at each Run
 
   void Close() {
     std::lock_guard<std::mutex> lock(mutex);
@@ -67,11 +71,14 @@ class FakeExecutor final : public Executor {
       state_->changed.wait(lock, [&] { return state_->gate_open; });
       --state_->running;
       state_->batch_rows.push_back(rows);
+      state_->teams.push_back(omp_get_max_threads());
       const auto* x = static_cast<const float*>(inputs[0].data);
       state_->first_values.push_back(x[0]);
       if (!state_->fail_with.ok()) return state_->fail_with;
     }
-    std::this_thread::sleep_for(std::chrono::microseconds(state_->run_sleep_us));
+    const bool team = omp_get_max_threads() > 1;
+    std::this_thread::sleep_for(
+        std::chrono::microseconds(team && state_->team_sleep_us ? state_->team_sleep_us : state_->run_sleep_us));
     if (inputs[0].shape != std::vector<int64_t>{rows, kWidth}) return Status::Internal("bad shape");
     const auto* x = static_cast<const float*>(inputs[0].data);
     auto* y = static_cast<float*>(outputs[0].data);
@@ -462,9 +469,9 @@ TEST(Engine, OptionsAreCheckedAndDefaultsResolved) {
   over.lanes = 2;
   over.threads_per_lane = 2;
   EXPECT_NE(bad(over).find("exceeds the 2 cores"), std::string::npos);
-  EngineOptions zero_lanes;
-  zero_lanes.lanes = 0;
-  EXPECT_NE(bad(zero_lanes).find("lanes must be >= 1"), std::string::npos);
+  EngineOptions negative_lanes;  // 0 is "automatic" (AutomaticLanesSpreadFastModels...)
+  negative_lanes.lanes = -1;
+  EXPECT_NE(bad(negative_lanes).find("lanes must be >= 1"), std::string::npos);
   EngineOptions bad_preferred;
   bad_preferred.max_batch_size = 8;
   bad_preferred.preferred_batch_sizes = {16};
@@ -500,7 +507,7 @@ TEST(Engine, WarmUpRunsAFullBatchAndGivesFastModelsOneThreadPerLane) {
   EXPECT_EQ(fast.value()->options().threads_per_lane, 1);  // microseconds per batch
   {
     std::lock_guard<std::mutex> lock(state->mutex);
-    EXPECT_EQ(state->batch_rows, (std::vector<int64_t>{16, 16}));  // the largest bucket, twice
+    EXPECT_EQ(state->batch_rows, (std::vector<int64_t>{16, 16}));  // warm-up, then timed
   }
   state->run_sleep_us = 2 * kSmallBatchUs;  // a slow model keeps cores / lanes threads
   auto slow = Engine::Create(FakeSpec(), factory, options);
@@ -517,6 +524,67 @@ TEST(Engine, WarmUpRunsAFullBatchAndGivesFastModelsOneThreadPerLane) {
   auto failed = Engine::Create(FakeSpec(), factory, options);
   ASSERT_FALSE(failed.ok());
   EXPECT_EQ(failed.status().message(), "no warm-up for you");
+}
+
+TEST(Engine, AutomaticLanesSpreadFastModelsOverHalfTheCores) {
+  auto state = std::make_shared<FakeState>();
+  std::atomic<int> executors{0};
+  auto factory = [state, &executors]() -> Result<std::unique_ptr<Executor>> {
+    ++executors;
+    return std::unique_ptr<Executor>(std::make_unique<FakeExecutor>(state));
+  };
+  EngineOptions options;
+  options.lanes = 0;
+  options.cores = 16;
+  options.warm_up = true;
+  auto fast = Engine::Create(FakeSpec(), factory, options);
+  ASSERT_TRUE(fast.ok()) << fast.status().ToString();
+  EXPECT_EQ(fast.value()->options().lanes, 8);
+  EXPECT_EQ(fast.value()->options().threads_per_lane, 1);
+  EXPECT_EQ(executors.load(), 8);  // one VM per lane
+
+  options.cores = 2;  // this machine's size: one lane, as before
+  auto two_cores = Engine::Create(FakeSpec(), factory, options);
+  ASSERT_TRUE(two_cores.ok());
+  EXPECT_EQ(two_cores.value()->options().lanes, 1);
+
+  options.cores = 16;
+  options.threads_per_lane = 2;  // an explicit thread count is kept; lanes fill half the cores
+  auto explicit_threads = Engine::Create(FakeSpec(), factory, options);
+  ASSERT_TRUE(explicit_threads.ok());
+  EXPECT_EQ(explicit_threads.value()->options().lanes, 4);
+
+  // Slow on a team (a cold or contended OpenMP team) but fast on one thread: still small.
+  state->team_sleep_us = 3 * kSmallBatchUs;
+  state->teams.clear();
+  auto slow_team = Engine::Create(FakeSpec(), factory, options);
+  ASSERT_TRUE(slow_team.ok());
+  EXPECT_EQ(slow_team.value()->options().lanes, 4);  // 16 cores / 2 / the 2 threads asked for
+  {
+    std::lock_guard<std::mutex> lock(state->mutex);
+    // Warm-up and timing on the lane's two threads, then warm-up and timing on one.
+    EXPECT_EQ(state->teams, (std::vector<int>{2, 2, 1, 1}));
+  }
+  state->team_sleep_us = 0;
+
+  options.threads_per_lane = 0;
+  state->run_sleep_us = 2 * kSmallBatchUs;  // a slow model: one lane with every core
+  executors = 0;
+  auto slow = Engine::Create(FakeSpec(), factory, options);
+  ASSERT_TRUE(slow.ok());
+  EXPECT_EQ(slow.value()->options().lanes, 1);
+  EXPECT_EQ(slow.value()->options().threads_per_lane, 16);
+  EXPECT_EQ(executors.load(), 1);
+
+  options.warm_up = false;  // nothing timed: one lane
+  auto untimed = Engine::Create(FakeSpec(), factory, options);
+  ASSERT_TRUE(untimed.ok());
+  EXPECT_EQ(untimed.value()->options().lanes, 1);
+
+  options.lanes = -1;
+  auto negative = Engine::Create(FakeSpec(), factory, options);
+  ASSERT_FALSE(negative.ok());
+  EXPECT_NE(negative.status().message().find("or 0: chosen at warm-up"), std::string::npos);
 }
 
 #if defined(__linux__)

@@ -22,7 +22,9 @@ class Model;
 namespace ember::engine {
 
 struct EngineOptions {
-  int lanes = 1;              // executor threads, each owning its own VM
+  int lanes = 1;              // executor threads, each owning its own VM; 0: 1, or, when warm_up
+                              // finds a full batch fast (kSmallBatchUs), cores / 2 lanes of one
+                              // thread each (the other half of the cores left to the callers)
   int threads_per_lane = 0;   // OpenMP threads per lane; 0: cores / lanes, or 1 when warm_up
                               // finds a full batch that fast (see kSmallBatchUs)
   int cores = 0;              // lanes x threads_per_lane may not exceed this; 0: ember's threads
@@ -44,8 +46,9 @@ struct EngineOptions {
   std::function<int64_t()> clock_us;
 };
 
-// A full batch faster than this is overhead-bound: more threads per lane would only spin in
-// OpenMP barriers and take cores from the callers that feed the engine.
+// A full batch faster than this on one thread (timed at warm-up, after one untimed run) is
+// overhead-bound: more threads per lane would only spin in OpenMP barriers and take cores from
+// the callers that feed the engine.
 constexpr int64_t kSmallBatchUs = 1000;
 
 // One output of one request: its rows of a pooled batch buffer. The block goes back to the pool
