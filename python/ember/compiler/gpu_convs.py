@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .dispatch import _tensor_type
+
 
 @dataclass
 class ConvRewrites:
@@ -58,17 +60,10 @@ class _Conv:
         )
 
 
-def _typed(expr: Any) -> tuple[tuple[int, ...], str] | None:
-    """(static shape, dtype) of a tensor expression, or None (symbolic dims, not a tensor)."""
-    from .dispatch import _tensor_type
-
-    return _tensor_type(expr)
-
-
 def _conv_of(call: Any) -> _Conv | None:
     """The conv `call` describes, when it is one this module rewrites."""
     attrs = call.attrs
-    x_type, w_type = _typed(call.args[0]), _typed(call.args[1])
+    x_type, w_type = _tensor_type(call.args[0]), _tensor_type(call.args[1])
     if (
         x_type is None
         or w_type is None
@@ -137,7 +132,7 @@ def convs_for_gpu(mod: Any) -> tuple[Any, ConvRewrites]:
             """x[:, :, i::stride_h, j::stride_w] cut to the output size: the inputs that tap
             (i, j) of every output position reads."""
             (ho, wo), (sh, sw) = conv.out_hw, conv.stride
-            typed = _typed(x)
+            typed = _tensor_type(x)
             if (i, j) == (0, 0) and (sh, sw) == (1, 1) and typed and typed[0][2:] == (ho, wo):
                 return x
             return self.builder_.emit(
