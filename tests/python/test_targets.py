@@ -13,7 +13,7 @@ from helpers import mlp
 
 import ember
 from ember.compiler import build as build_module
-from ember.compiler.targets import CUDA_ARCHS, PRESETS, resolve_target
+from ember.compiler.targets import CUDA_ARCHS, PRESETS, Target, resolve_target
 
 AARCH64_PRESETS = ("aarch64", "rpi4", "rpi5", "jetson-orin-cpu")
 
@@ -37,6 +37,20 @@ def test_cuda_targets_name_their_arch(arch: str) -> None:
     target = resolve_target(f"cuda-{arch}")
     assert target.kind == "cuda" and target.tvm["arch"] == arch
     assert target.tvm["host"]["kind"] == "llvm"
+
+
+@pytest.mark.parametrize("name", ["x86-avx512", "rpi5", "cuda-sm_90"])
+def test_a_manifest_target_record_reads_back_as_the_same_target(name: str) -> None:
+    """`ember bench --reuse` plans from the record in the artifact's manifest (no TVM there)."""
+    target = resolve_target(name)
+    assert Target.from_json(json.loads(json.dumps(target.to_json()))) == target
+
+
+def test_a_malformed_target_record_is_a_clear_error() -> None:
+    record = resolve_target("x86-avx2").to_json()
+    del record["arch"]
+    with pytest.raises(ember.UnknownTargetError, match=r"malformed target record .*'arch'"):
+        Target.from_json(record)
 
 
 def test_cuda_without_a_gpu_asks_for_the_arch(monkeypatch: pytest.MonkeyPatch) -> None:
