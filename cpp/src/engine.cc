@@ -206,6 +206,9 @@ Result<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<runtime::Model> m
   ModelSpec spec{m.inputs, m.outputs, m.has_batch_axis() ? m.batch_sizes : std::vector<int64_t>{}};
   runtime::Model* raw = model.get();
   options.warm_up = true;
+  // Automatic lanes spread fast models over CPU cores; a GPU model's lanes would share one device
+  // and stream (MobileNetV2 on an H200 served no more with 8 callers than with 1), so one lane.
+  if (options.lanes == 0 && m.target_kind != "llvm") options.lanes = 1;
   auto engine = Create(std::move(spec), [raw] { return raw->NewExecutor(); }, std::move(options));
   if (engine.ok()) engine.value()->impl_->model = std::move(model);
   return engine;

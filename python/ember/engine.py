@@ -101,8 +101,8 @@ class Engine:
     (lanes x threads may not exceed ember's threads). By default the cores are divided among the
     lanes, except for models whose full batch runs in under 1 ms (timed once at creation, which
     also warms the model up): they get one thread per lane, leaving the other cores to the callers.
-    `lanes=None` (the default) means one lane, or, for such fast models, half of ember's cores as
-    lanes (1 on 2 cores, 8 on 16), so that many callers' batches run side by side.
+    `lanes=None` (the default) means one lane, or, for such fast models on the CPU, half of
+    ember's cores as lanes (1 on 2 cores, 8 on 16), so that many callers' batches run side by side.
 
     Thread-safe. Close it (or use `with`) to finish or fail everything pending; no future hangs.
     """

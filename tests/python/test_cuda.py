@@ -321,6 +321,7 @@ def test_gpu_engine_serves_requests(
 ) -> None:
     cpu = ember.load(mlp_artifact.path)
     with ember.Engine(cuda_artifacts["mlp"].path) as engine:
+        assert "lanes=1," in repr(engine)  # automatic lanes are for CPU models (one GPU here)
         futures = [engine.submit(inputs_for("mlp", 1 + s % 3, seed=s)) for s in range(12)]
         for s, future in enumerate(futures):
             want = cpu.run(inputs_for("mlp", 1 + s % 3, seed=s))["y"]

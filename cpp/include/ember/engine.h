@@ -24,7 +24,8 @@ namespace ember::engine {
 struct EngineOptions {
   int lanes = 1;              // executor threads, each owning its own VM; 0: 1, or, when warm_up
                               // finds a full batch fast (kSmallBatchUs), cores / 2 lanes of one
-                              // thread each (the other half of the cores left to the callers)
+                              // thread each (the other half of the cores left to the callers);
+                              // a CUDA model's Engine keeps 1 (its lanes would share one GPU)
   int threads_per_lane = 0;   // OpenMP threads per lane; 0: cores / lanes, or 1 when warm_up
                               // finds a full batch that fast (see kSmallBatchUs)
   int cores = 0;              // lanes x threads_per_lane may not exceed this; 0: ember's threads
