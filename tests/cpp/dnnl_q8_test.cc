@@ -125,7 +125,7 @@ TEST(MatmulQ8, RefusesWeightsThatWouldSaturateOnCpusWithoutVnni) {
   auto fn = ffi::Function::GetGlobal("ember.dnnl.matmul_q8");
   ASSERT_TRUE(fn.has_value());
   std::vector<float> a(4, 1.0f), s(2, 1.0f), out(4);
-  std::vector<int8_t> w{1, 64, -2, 3};
+  std::vector<int8_t> w{1, 65, -2, 3};
   std::vector<int64_t> shape{2, 2}, s_shape{2};
   DLTensor ta = Dl(a.data(), kF32, shape), tw = Dl(w.data(), kS8, shape),
            ts = Dl(s.data(), kF32, s_shape), tout = Dl(out.data(), kF32, shape);
@@ -137,15 +137,59 @@ TEST(MatmulQ8, RefusesWeightsThatWouldSaturateOnCpusWithoutVnni) {
   if (!(__builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni"))) {
     try {
       call();
-      FAIL() << "64 was accepted";
+      FAIL() << "65 was accepted";
     } catch (const ffi::Error& err) {
-      EXPECT_NE(std::string(err.message()).find("within [-63, 63]"), std::string::npos)
+      EXPECT_NE(std::string(err.message()).find("within [-64, 64]"), std::string::npos)
           << err.message();
     }
     return;
   }
 #endif
   EXPECT_NO_THROW(call());
+}
+
+// The widest weights accepted without VNNI (|w| = 64, ONNX Runtime's reduce_range) against the
+// largest activations: every u8 x s8 pair sums to +-2 * 255 * 64 = +-32640, the edge of int16,
+// so a kernel that saturated or rounded would miss the exact integer result.
+TEST(MatmulQ8, SixtyFourBitWeightsAtFullScaleActivationsAreExact) {
+  RegisterDnnlKernels();
+  auto fn = ffi::Function::GetGlobal("ember.dnnl.matmul_q8");
+  ASSERT_TRUE(fn.has_value());
+  constexpr int64_t kM = 3, kK = 64, kN = 16;
+  for (const bool a_unsigned : {true, false}) {
+    const float a_scale = a_unsigned ? 1.0f / 255.0f : 1.0f / 127.0f;
+    std::vector<float> a(kM * kK), scales(kN, 1.0f), out(kM * kN, -1.0f);
+    for (int64_t i = 0; i < kM; ++i) {  // row 0: all +max; row 1: all -max (signed); row 2: mixed
+      for (int64_t p = 0; p < kK; ++p) {
+        const float sign = a_unsigned || i == 0 ? 1.0f : (i == 1 ? -1.0f : (p % 2 != 0 ? -1.0f : 1.0f));
+        a[i * kK + p] = sign;  // quantizes to +-255 (unsigned) or +-127 (signed)
+      }
+    }
+    std::vector<int8_t> b(kK * kN);
+    for (int64_t p = 0; p < kK; ++p) {
+      for (int64_t j = 0; j < kN; ++j) {  // columns: all 64, all -64, or alternating
+        const int pattern = static_cast<int>(j % 3);
+        b[p * kN + j] = static_cast<int8_t>(pattern == 0 ? 64 : (pattern == 1 ? -64 : (p % 2 != 0 ? -64 : 64)));
+      }
+    }
+    std::vector<int64_t> a_shape{kM, kK}, b_shape{kK, kN}, s_shape{kN}, out_shape{kM, kN};
+    DLTensor ta = Dl(a.data(), kF32, a_shape), tb = Dl(b.data(), kS8, b_shape),
+             ts = Dl(scales.data(), kF32, s_shape), tout = Dl(out.data(), kF32, out_shape);
+    (*fn)(&ta, &tb, &ts, &ts, &ta, static_cast<double>(a_scale), int64_t{a_unsigned}, int64_t{0},
+          int64_t{0}, int64_t{0}, int64_t{a_unsigned ? 4101 : 4102}, 0.0, 0.0, &tout);
+    const int32_t q = a_unsigned ? 255 : 127;
+    for (int64_t i = 0; i < kM; ++i) {
+      for (int64_t j = 0; j < kN; ++j) {
+        int64_t acc = 0;
+        for (int64_t p = 0; p < kK; ++p) {
+          acc += static_cast<int64_t>(a[i * kK + p] > 0 ? q : -q) * b[p * kN + j];
+        }
+        const float want = static_cast<float>(acc) * a_scale;
+        ASSERT_NEAR(out[i * kN + j], want, 1e-6f * std::fabs(want) + 1e-6f)
+            << (a_unsigned ? "u8" : "s8") << " row " << i << " col " << j;
+      }
+    }
+  }
 }
 
 struct ConvCase {
@@ -279,6 +323,38 @@ TEST(Conv2dQ8, RefusesSignedActivations) {
     FAIL() << "signed activations were accepted";
   } catch (const ffi::Error& err) {
     EXPECT_NE(std::string(err.message()).find("unsigned"), std::string::npos) << err.message();
+  }
+}
+
+// As MatmulQ8.SixtyFourBitWeights...: a 3x3 conv whose every input quantizes to 255, against
+// output channels of all 64, all -64 and alternating weights.
+TEST(Conv2dQ8, SixtyFourBitWeightsAtFullScaleActivationsAreExact) {
+  RegisterDnnlKernels();
+  auto fn = ffi::Function::GetGlobal("ember.dnnl.conv2d_q8");
+  ASSERT_TRUE(fn.has_value());
+  constexpr int64_t kH = 5, kC = 32, kO = 16, kK = 3, kOut = kH - kK + 1;
+  std::vector<float> x(kH * kH * kC, 1.0f), s(kO, 1.0f), out(kOut * kOut * kO, -1.0f);
+  std::vector<int8_t> w(kO * kK * kK * kC);  // OHWI
+  for (int64_t o = 0; o < kO; ++o) {
+    for (int64_t i = 0; i < kK * kK * kC; ++i) {
+      const int pattern = static_cast<int>(o % 3);
+      w[o * kK * kK * kC + i] = static_cast<int8_t>(pattern == 0 ? 64 : (pattern == 1 ? -64 : (i % 2 != 0 ? -64 : 64)));
+    }
+  }
+  std::vector<int64_t> x_shape{1, kH, kH, kC}, w_shape{kO, kK, kK, kC}, s_shape{kO},
+      o_shape{1, kOut, kOut, kO};
+  DLTensor tx = Dl(x.data(), kF32, x_shape), tw = Dl(w.data(), kS8, w_shape),
+           ts = Dl(s.data(), kF32, s_shape), tout = Dl(out.data(), kF32, o_shape);
+  const float a_scale = 1.0f / 255.0f;
+  (*fn)(&tx, &tw, &ts, &ts, &tx, 1, 1, 0, 0, 0, 0, 1, 1, 1, int64_t{0}, int64_t{0}, int64_t{0},
+        int64_t{4103}, int64_t{1}, static_cast<double>(a_scale), 0.0, 0.0, &tout);
+  for (int64_t at = 0; at < kOut * kOut; ++at) {
+    for (int64_t o = 0; o < kO; ++o) {
+      int64_t acc = 0;
+      for (int64_t i = 0; i < kK * kK * kC; ++i) acc += 255 * w[o * kK * kK * kC + i];
+      const float want = static_cast<float>(acc) * a_scale;
+      ASSERT_NEAR(out[at * kO + o], want, 1e-6f * std::fabs(want) + 1e-6f) << "pixel " << at << " o " << o;
+    }
   }
 }
 

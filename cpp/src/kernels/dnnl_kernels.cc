@@ -718,9 +718,10 @@ void Matmul(ffi::PackedArgs args, ffi::Any* /*rv*/) { MatmulCommon(args, false);
 void MatmulW8(ffi::PackedArgs args, ffi::Any* /*rv*/) { MatmulCommon(args, true); }
 
 #if DNNL_VERSION_MAJOR >= 3
-// x86 CPUs without VNNI multiply u8 x s8 pairs into saturating int16 sums (vpmaddubsw), which
-// overflow once |w| > 63 with activations near 255: weights must then fit in 7 bits, as ONNX
-// Runtime's reduce_range quantizes them for the same reason.
+// x86 CPUs without VNNI multiply u8 x s8 pairs into saturating int16 sums (vpmaddubsw): with
+// |w| <= 64 a pair stays within 2 * 255 * 64 = 32640 (int16 holds [-32768, 32767]), but 65 can
+// overflow with activations near 255. Weights must then fit [-64, 64], the range ONNX Runtime's
+// reduce_range gives them for the same reason (ember's own quantizer uses [-63, 63]).
 bool Int8NeedsSevenBitWeights() {
 #if defined(__x86_64__)
   static const bool needs = !(__builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni"));
@@ -730,7 +731,7 @@ bool Int8NeedsSevenBitWeights() {
 #endif
 }
 
-constexpr int kSevenBitMax = 63;
+constexpr int kSevenBitMax = 64;
 
 // Refuses int8 weights that would saturate on this CPU (see Int8NeedsSevenBitWeights).
 void CheckSevenBitWeights(const DLTensor* w, const char* kernel) {
@@ -740,7 +741,7 @@ void CheckSevenBitWeights(const DLTensor* w, const char* kernel) {
   const auto* values = static_cast<const int8_t*>(DataOf(w));
   if (!std::all_of(values, values + count,
                    [](int8_t v) { return v >= -kSevenBitMax && v <= kSevenBitMax; })) {
-    TVM_FFI_THROW(ValueError) << kernel << ": int8 weights must be within [-63, 63] on CPUs "
+    TVM_FFI_THROW(ValueError) << kernel << ": int8 weights must be within [-64, 64] on CPUs "
                               << "without VNNI (u8 x s8 products saturate in int16 otherwise)";
   }
 }
@@ -753,7 +754,7 @@ void CheckSevenBitWeights(const DLTensor* w, const char* kernel) {
 // then multiplied with the constant per-output-channel int8 weights `b` in int32 and dequantized
 // in the same primitive: out = a_scale * b_scales[n] * (qa x b) + bias, then residual and
 // activation. The weights are prepacked once per weight_id; `a`'s leading dims fold into M. On
-// CPUs without VNNI, weights outside [-63, 63] are refused (see Int8NeedsSevenBitWeights).
+// CPUs without VNNI, weights outside [-64, 64] are refused (see Int8NeedsSevenBitWeights).
 void MatmulQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   constexpr const char* kName = "ember.dnnl.matmul_q8";
   if (args.size() != 14) TVM_FFI_THROW(ValueError) << kName << ": expects 14 arguments";
@@ -832,7 +833,7 @@ void MatmulQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
 // weights; out = a_scale * w_scales[o] * (qx * w) + bias, then residual and activation.
 // Activations must be unsigned (a_unsigned = 1): oneDNN's int8 convs without VNNI halve the
 // weights for signed inputs, which loses exactness (measured: off by ~40 accumulator units).
-// Weights outside [-63, 63] are refused on CPUs without VNNI, and so are convs oneDNN would run
+// Weights outside [-64, 64] are refused on CPUs without VNNI, and so are convs oneDNN would run
 // on its reference implementation (uint8 in NCHW8c, for one): the compiler uses NHWC for them.
 void Conv2dQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   constexpr const char* kName = "ember.dnnl.conv2d_q8";

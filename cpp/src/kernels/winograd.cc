@@ -1155,7 +1155,7 @@ void Conv2dWinoW8(ffi::PackedArgs args, ffi::Any* /*rv*/) { Conv2dWinoCommon(arg
 // (a_unsigned = 1) and C <= kQ8MaxChannels. `x` is quantized with a_scale (quant::QuantizeU8,
 // zero point 0), convolved exactly in integers (see above), then out = a_scale * w_scales[k] *
 // (qx * w) + bias, residual and activation, as conv2d_q8 computes it. Any int8 weight is exact
-// here, including those outside the [-63, 63] that conv2d_q8 needs on CPUs without VNNI.
+// here, including those outside the [-64, 64] that conv2d_q8 needs on CPUs without VNNI.
 void Conv2dWinoQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   const char* name = kNameQ8;
   if (args.size() != 23) TVM_FFI_THROW(ValueError) << name << ": expects 23 arguments";

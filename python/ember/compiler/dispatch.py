@@ -270,7 +270,7 @@ class _Planner:
             or out_type is None
             or out_type[1] != "float32"
             or len(x_type[0]) < 2
-            or (_NEEDS_SEVEN_BIT_WEIGHTS() and np.abs(w.astype(np.int32)).max(initial=0) > 63)
+            or (_NEEDS_SEVEN_BIT_WEIGHTS() and _widest(w) > SEVEN_BIT_MAX)
         ):
             return None
         operands = _Int8Operands(
@@ -568,7 +568,7 @@ def _unwrap_qdq_convs(func: Any, int8_convs: dict[int, _Int8Conv]) -> Any:
             or not a_scale > 0
             or w_scale.size not in (1, out_channels)
             or (w_scale.size == out_channels and int(dq_w.attrs.axis) != 0)
-            or (_NEEDS_SEVEN_BIT_WEIGHTS() and np.abs(w.astype(np.int32)).max(initial=0) > 63)
+            or (_NEEDS_SEVEN_BIT_WEIGHTS() and _widest(w) > SEVEN_BIT_MAX)
         ):
             continue
         scales = np.broadcast_to(w_scale.astype(np.float32).reshape(-1), (out_channels,)).copy()
@@ -837,6 +837,13 @@ def host_needs_seven_bit_weights() -> bool:
 
 
 _NEEDS_SEVEN_BIT_WEIGHTS = host_needs_seven_bit_weights
+# The widest int8 weights such hosts run exactly: a u8 x s8 pair sums to at most 2 * 255 * 64 =
+# 32640, within int16 (ONNX Runtime's reduce_range weights reach 64; ember's quantizer uses 63).
+SEVEN_BIT_MAX = 64
+
+
+def _widest(weights: np.ndarray) -> int:
+    return int(np.abs(weights.astype(np.int32)).max(initial=0))
 
 
 _ACTIVATION_NAMES = {
