@@ -6,7 +6,7 @@ importer rejects. Pure ONNX + numpy: no TVM here.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -314,3 +314,133 @@ def opset_version(model: onnx.ModelProto) -> int:
         if opset.domain in ("", "ai.onnx"):
             return int(opset.version)
     return 1
+
+
+_QMIN: dict[int, int] = {onnx.TensorProto.UINT8: 0, onnx.TensorProto.INT8: -128}
+_Use = tuple[onnx.NodeProto, int]  # a node and which of its inputs
+
+
+def _float_reads(
+    uses: list[_Use], kernel_reads: Callable[[onnx.NodeProto, int], bool]
+) -> list[_Use]:
+    return [(node, index) for node, index in uses if not kernel_reads(node, index)]
+
+
+def float_requantizations(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Computes in float the QuantizeLinear -> DequantizeLinear pairs that no int8 kernel reads.
+
+    Quantizers such as ONNX Runtime's put a pair on every op's output, also where the next op is
+    float (a residual Add, MaxPool, the model's output) and in place of the ReLUs they remove (a
+    uint8 pair with zero point 0 clamps at 0). ember's int8 kernels quantize their own inputs, so
+    only pairs feeding a Conv/MatMul/Gemm with int8 weights are kept. Every other use reads the
+    float value: through a Relu where the pair's range starts at 0 (zero point = qmin), directly
+    otherwise. Rounding to the pair's grid and saturation at its calibrated range are therefore
+    not reproduced there (outputs differ from a runtime that rounds by up to half a step).
+    Returns the model (a copy when anything changed) and how many pairs changed.
+    """
+    original, model = model, _copy(model)
+    graph = model.graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[_Use]] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, index))
+    outputs = {o.name for o in graph.output}
+
+    def int8_weight(name: str) -> bool:
+        dq = producer.get(name)
+        return (
+            dq is not None
+            and dq.op_type == "DequantizeLinear"
+            and dq.input[0] in constants
+            and constants[dq.input[0]].dtype == np.int8
+        )
+
+    def kernel_reads(node: onnx.NodeProto, index: int) -> bool:
+        return (
+            node.op_type in ("Conv", "MatMul", "Gemm")
+            and index == 0
+            and len(node.input) > 1
+            and int8_weight(node.input[1])
+        )
+
+    def per_tensor(node: onnx.NodeProto) -> tuple[float, int, int] | None:
+        if len(node.input) < 3 or node.input[1] not in constants or node.input[2] not in constants:
+            return None
+        scale, zero = constants[node.input[1]], constants[node.input[2]]
+        qmin = _QMIN.get(int(numpy_helper.from_array(zero).data_type))
+        if scale.size != 1 or zero.size != 1 or qmin is None:
+            return None
+        return float(scale.reshape(())), int(zero.reshape(())), qmin
+
+    new_nodes: list[onnx.NodeProto] = []
+    removed: set[str] = set()  # outputs of the pairs' nodes that go
+    changed = 0
+    for q in graph.node:
+        q_range = per_tensor(q) if q.op_type == "QuantizeLinear" else None
+        uses = consumers.get(q.output[0], [])
+        if q_range is None or q.output[0] in outputs or not uses:
+            continue
+        if any(u.op_type != "DequantizeLinear" or per_tensor(u) != q_range for u, _ in uses):
+            continue
+        float_uses = {
+            dq.output[0]: _float_reads(consumers.get(dq.output[0], []), kernel_reads)
+            for dq, _ in uses
+        }
+        if not any(float_uses.values()) and not any(dq.output[0] in outputs for dq, _ in uses):
+            continue  # only int8 kernels read this pair
+        source = q.input[0]
+        if q_range[1] == q_range[2]:  # zero point = qmin: the range starts at 0, a ReLU
+            source = f"{q.output[0]}/relu"  # the kernels quantize relu(x) exactly as x
+            new_nodes.append(onnx.helper.make_node("Relu", [q.input[0]], [source]))
+            q.input[0] = source
+        for dq, _ in uses:
+            name = dq.output[0]
+            read_by_kernels = len(float_uses[name]) < len(consumers.get(name, []))
+            if name in outputs and read_by_kernels:
+                continue  # a graph output that kernels also read: left as it is
+            for node, index in float_uses[name]:
+                node.input[index] = source
+            if not read_by_kernels:
+                removed.add(name)
+                if name in outputs:
+                    new_nodes.append(onnx.helper.make_node("Identity", [source], [name]))
+            if float_uses[name] or not read_by_kernels:
+                changed += 1
+        if all(dq.output[0] in removed for dq, _ in uses):
+            removed.add(q.output[0])
+    if not changed:
+        return original, 0
+    out = _copy(model)
+    kept = [n for n in model.graph.node if not (n.output and n.output[0] in removed)]
+    del out.graph.node[:]
+    out.graph.node.extend(kept + new_nodes)
+    return _topologically_sorted(out), changed
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copied = onnx.ModelProto()
+    copied.CopyFrom(model)
+    return copied
+
+
+def _topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
+    graph = model.graph
+    available = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise CompileError("the quantized graph has a cycle or an undefined input")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    sorted_model = onnx.ModelProto()
+    sorted_model.CopyFrom(model)
+    del sorted_model.graph.node[:]
+    sorted_model.graph.node.extend(ordered)
+    return sorted_model
