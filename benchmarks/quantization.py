@@ -5,7 +5,8 @@ random-weight zoo models), then
   - ember: `ember.quantize.calibrate` + `quantize_static` (ONNX QDQ) compiled by `ember.compile`;
   - ORT: `onnxruntime.quantization.quantize_static` (QDQ, per-channel int8 weights, uint8
     activations, reduce_range on CPUs without VNNI, as its docs advise there);
-plus ember's int8 weight-only artifact (precision="int8-weight": int8 weights, float compute);
+plus ember's int8 weight-only artifact (precision="int8-weight": int8 weights, float compute) and
+ORT's QDQ model compiled by ember (how a model quantized with ORT's tools runs on ember);
 then the fp32, int8 and weight-only models are timed interleaved at the batch size (medians), and
 their outputs are compared with fp32 on held-out inputs: accuracy for the digits (held-out
 split), max abs error and cosine similarity otherwise. Artifact sizes are listed too.
@@ -38,6 +39,7 @@ from vs_onnxruntime import ort_session
 
 DEFAULT_MODELS = ("bert_encoder", "digits_mlp")
 CALIBRATION_SAMPLES = 8
+ON_ORT_MODEL = "ember on ORT's int8 model"  # ORT's QDQ model compiled by ember
 
 
 def directory_bytes(path: Path) -> int:
@@ -150,7 +152,12 @@ def bench(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         output=workdir / "int8-weight",
         precision="int8-weight",
     )
+    # ORT's own QDQ model, compiled by ember: what a user who quantized with ORT gets.
+    aort = ember.compile(
+        ort_q_path, batch_sizes=buckets, input_shapes=shapes, output=workdir / "ort-int8"
+    )
     m32, m8, mw8 = ember.load(a32.path), ember.load(a8.path), ember.load(aw8.path)
+    mort = ember.load(aort.path)
     s32 = ort_session(fp32_path.read_bytes(), ember.NUM_THREADS)
     s8 = ort_session(ort_q_path.read_bytes(), ember.NUM_THREADS)
     out_name = model.graph.output[0].name
@@ -158,6 +165,7 @@ def bench(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "ember fp32": m32.run(evaluation)[out_name],
         "ember int8": m8.run(evaluation)[out_name],
         "ember int8-weight": mw8.run(evaluation)[out_name],
+        ON_ORT_MODEL: mort.run(evaluation)[out_name],
         "ORT fp32": s32.run([out_name], evaluation)[0],
         "ORT int8": s8.run([out_name], evaluation)[0],
     }
@@ -170,6 +178,7 @@ def bench(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "ember fp32": lambda: m32.run(timed),
             "ember int8": lambda: m8.run(timed),
             "ember int8-weight": lambda: mw8.run(timed),
+            ON_ORT_MODEL: lambda: mort.run(timed),
             "ORT fp32": lambda: s32.run([out_name], timed),
             "ORT int8": lambda: s8.run([out_name], timed),
         },
@@ -190,6 +199,7 @@ def bench(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "ms": ms,
         "quality": quality,
         "kernels": a8.manifest.get("kernel_library", {}),
+        "ort_model_kernels": aort.manifest.get("kernel_library", {}),
         "bytes": {
             "fp32": directory_bytes(a32.path),
             "int8": directory_bytes(a8.path),
@@ -214,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(bench(name, args, workdir))
     print(f"\nbatch {args.batch}, calibration {args.method}, medians of {args.repeats} runs\n")
     header = ["model", "ember fp32 ms", "ember int8 ms", "int8 speedup", "ORT fp32 ms"]
-    header += ["ORT int8 ms", "ember int8 / ORT int8", "ember int8-weight ms"]
+    header += ["ORT int8 ms", "ember int8 / ORT int8", f"{ON_ORT_MODEL} ms"]
+    header += ["ember int8-weight ms"]
     header += ["artifact fp32 -> int8, int8-weight"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -228,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{ms['ORT fp32']:.3f}",
             f"{ms['ORT int8']:.3f}",
             f"{ms['ember int8'] / ms['ORT int8']:.2f}",
+            f"{ms[ON_ORT_MODEL]:.3f}",
             f"{ms['ember int8-weight']:.3f}",
             f"{size['fp32'] / 1e6:.3f} -> {size['int8'] / 1e6:.3f} MB "
             f"({size['int8'] / size['fp32']:.2f}x), {size['int8-weight'] / 1e6:.3f} MB "
@@ -246,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         quality = "; ".join(f"{k}: {v}" for k, v in r["quality"].items())
         print(f"{r['model']}: {quality}; int8 kernels: {r['kernels']}")
+        print(f"{r['model']}: {ON_ORT_MODEL}: kernels {r['ort_model_kernels']}")
     return 0
 
 

@@ -15,3 +15,7 @@ def test_quantization_script_runs_on_the_digits_mlp(capsys: pytest.CaptureFixtur
     assert "ember int8: acc 0.98" in out  # fp32 is 0.9822 on the held-out split
     assert "ember int8-weight: acc 0.98" in out
     assert "'matmul_q8': 8" in out  # both MatMuls at each of the 4 buckets ran in int8
+    # ORT's own QDQ model, compiled by ember, runs on the int8 kernels too and keeps accuracy.
+    assert "ember on ORT's int8 model: acc 0.98" in out
+    assert "ember on ORT's int8 model: kernels {'name': 'dnnl'" in out
+    assert out.count("'matmul_q8': 8") == 2
