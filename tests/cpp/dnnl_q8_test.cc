@@ -148,6 +148,79 @@ TEST(MatmulQ8, RefusesWeightsThatWouldSaturateOnCpusWithoutVnni) {
   EXPECT_NO_THROW(call());
 }
 
+// Asymmetric activations (ONNX Runtime's quantizer: uint8 with a zero point near 128 for signed
+// values): out = a_scale * b_scales[n] * ((qa - zp) x b) + bias, exactly as the integer reference.
+TEST(MatmulQ8, ActivationsWithAZeroPointMatchTheReference) {
+  RegisterDnnlKernels();
+  auto fn = ffi::Function::GetGlobal("ember.dnnl.matmul_q8");
+  ASSERT_TRUE(fn.has_value());
+  constexpr int64_t kM = 9, kK = 70, kN = 24;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> code(-64, 64);
+  struct Variant {
+    bool a_unsigned, bias;
+    int32_t zero;
+  };
+  for (const Variant v : {Variant{true, true, 128}, Variant{true, false, 37}, Variant{false, true, -20}}) {
+    std::vector<float> a(kM * kK), bias(kN), scales(kN), out(kM * kN, -1.0f);
+    for (float& x : a) x = 1.5f * normal(rng);
+    for (float& x : bias) x = normal(rng);
+    for (size_t j = 0; j < scales.size(); ++j) scales[j] = 0.001f * static_cast<float>(1 + j % 7);
+    std::vector<int8_t> b(kK * kN);
+    for (int8_t& x : b) x = static_cast<int8_t>(code(rng));
+    const float a_scale = 6.0f / 255.0f;
+    std::vector<int64_t> a_shape{kM, kK}, b_shape{kK, kN}, s_shape{kN}, out_shape{kM, kN};
+    DLTensor ta = Dl(a.data(), kF32, a_shape), tb = Dl(b.data(), kS8, b_shape),
+             ts = Dl(scales.data(), kF32, s_shape), tbias = Dl(bias.data(), kF32, s_shape),
+             tout = Dl(out.data(), kF32, out_shape);
+    for (int round = 0; round < 2; ++round) {  // the second call reuses the cached column sums
+      (*fn)(&ta, &tb, &ts, &tbias, &ta, static_cast<double>(a_scale), int64_t{v.a_unsigned},
+            int64_t{v.bias}, int64_t{0}, int64_t{0}, int64_t{5100 + v.zero}, 0.0, 0.0,
+            int64_t{v.zero}, &tout);
+      std::vector<int32_t> qa(a.size());
+      if (v.a_unsigned) {
+        std::vector<uint8_t> q(a.size());
+        quant::QuantizeU8Ref(a.data(), a.size(), {a_scale, v.zero}, q.data());
+        qa.assign(q.begin(), q.end());
+      } else {
+        std::vector<int8_t> q(a.size());
+        quant::QuantizeS8Ref(a.data(), a.size(), {a_scale, v.zero}, q.data());
+        qa.assign(q.begin(), q.end());
+      }
+      for (int64_t i = 0; i < kM; ++i) {
+        for (int64_t j = 0; j < kN; ++j) {
+          int32_t acc = 0;
+          for (int64_t p = 0; p < kK; ++p) acc += (qa[i * kK + p] - v.zero) * b[p * kN + j];
+          float want = static_cast<float>(acc) * a_scale * scales[j];
+          if (v.bias) want += bias[j];
+          ASSERT_NEAR(out[i * kN + j], want, 1e-4f + 1e-5f * std::fabs(want))
+              << "zero point " << v.zero << " row " << i << " col " << j;
+        }
+      }
+    }
+  }
+}
+
+TEST(MatmulQ8, RefusesAZeroPointOutsideTheActivationType) {
+  RegisterDnnlKernels();
+  auto fn = ffi::Function::GetGlobal("ember.dnnl.matmul_q8");
+  ASSERT_TRUE(fn.has_value());
+  std::vector<float> a(4, 1.0f), s(2, 1.0f), out(4);
+  std::vector<int8_t> w{1, 2, -2, 3};
+  std::vector<int64_t> shape{2, 2}, s_shape{2};
+  DLTensor ta = Dl(a.data(), kF32, shape), tw = Dl(w.data(), kS8, shape),
+           ts = Dl(s.data(), kF32, s_shape), tout = Dl(out.data(), kF32, shape);
+  try {
+    (*fn)(&ta, &tw, &ts, &ts, &ta, 0.5, int64_t{0}, int64_t{0}, int64_t{0}, int64_t{0},
+          int64_t{5099}, 0.0, 0.0, int64_t{128}, &tout);
+    FAIL() << "zero point 128 was accepted for int8 activations";
+  } catch (const ffi::Error& err) {
+    EXPECT_NE(std::string(err.message()).find("outside [-128, 127]"), std::string::npos)
+        << err.message();
+  }
+}
+
 // The widest weights accepted without VNNI (|w| = 64, ONNX Runtime's reduce_range) against the
 // largest activations: every u8 x s8 pair sums to +-2 * 255 * 64 = +-32640, the edge of int16,
 // so a kernel that saturated or rounded would miss the exact integer result.

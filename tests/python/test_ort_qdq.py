@@ -11,11 +11,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import mlp
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
 from ember.compiler.dispatch import host_needs_seven_bit_weights
-from ember.compiler.onnx_prep import float_requantizations
+from ember.compiler.onnx_prep import float_requantizations, fold_constant_dequantizations
 from ember.samples import INPUT_SHAPES, SAMPLES
 from ember.samples.digits import load_digits_split
 
@@ -97,16 +98,13 @@ def test_a_model_without_such_pairs_is_returned_unchanged() -> None:
     assert changed == 0 and same is model
 
 
-def _ort_quantized(name: str, tmp_path: Path) -> tuple[Path, dict[str, np.ndarray], np.ndarray]:
-    model = SAMPLES[name]()
-    input_name = model.graph.input[0].name
-    split = load_digits_split()
-    shape = INPUT_SHAPES[name][input_name][1:]
-    train = split.x_train.astype(np.float32).reshape(-1, *shape)
-    test = split.x_test.astype(np.float32).reshape(-1, *shape)
-    source, out = tmp_path / f"{name}.onnx", tmp_path / f"{name}_ort_int8.onnx"
+def _quantize_with_ort(
+    model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], tmp_path: Path
+) -> Path:
+    """ONNX Runtime's quantizer as its docs advise on this CPU (reduce_range without VNNI)."""
+    source, out = tmp_path / "fp32.onnx", tmp_path / "ort_int8.onnx"
     onnx.save(model, str(source))
-    batches = iter([{input_name: train[i : i + 64]} for i in range(0, 512, 64)])
+    batches = iter(samples)
 
     class Reader(ort_quantization.CalibrationDataReader):  # type: ignore[misc]
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -122,7 +120,29 @@ def _ort_quantized(name: str, tmp_path: Path) -> tuple[Path, dict[str, np.ndarra
         per_channel=True,
         reduce_range=host_needs_seven_bit_weights(),
     )
-    return out, {input_name: test}, split.y_test
+    return out
+
+
+def _output_scale(path: Path) -> float:
+    """The scale of the pair ORT put on the model's output (its quantization step)."""
+    quantized = onnx.load(str(path))
+    out_name = quantized.graph.output[0].name
+    return max(
+        float(numpy_helper.to_array(t))
+        for t in quantized.graph.initializer
+        if t.name.startswith(out_name) and t.name.endswith("_scale")
+    )
+
+
+def _ort_quantized(name: str, tmp_path: Path) -> tuple[Path, dict[str, np.ndarray], np.ndarray]:
+    model = SAMPLES[name]()
+    input_name = model.graph.input[0].name
+    split = load_digits_split()
+    shape = INPUT_SHAPES[name][input_name][1:]
+    train = split.x_train.astype(np.float32).reshape(-1, *shape)
+    test = split.x_test.astype(np.float32).reshape(-1, *shape)
+    samples = [{input_name: train[i : i + 64]} for i in range(0, 512, 64)]
+    return _quantize_with_ort(model, samples, tmp_path), {input_name: test}, split.y_test
 
 
 @pytest.mark.parametrize(
@@ -140,16 +160,94 @@ def test_onnx_runtime_quantized_models_run_on_int8_kernels(
     assert stats.get("float_requantizations", 0) >= 1, stats
     got = next(iter(ember.load(artifact.path).run(inputs).values()))
     want = ort.InferenceSession(str(path)).run(None, inputs)[0]
-    quantized = onnx.load(str(path))
-    out_name = quantized.graph.output[0].name
-    out_scale = max(
-        float(numpy_helper.to_array(t))
-        for t in quantized.graph.initializer
-        if t.name.startswith(out_name) and t.name.endswith("_scale")
-    )
+    out_scale = _output_scale(path)
     # ORT rounds every op's output to its pair's grid, ember only each int8 kernel's input: the
     # logits differ by a few output steps at most, and the predictions hardly ever.
     assert float(np.abs(got - want).max()) <= 3 * out_scale
     assert float((got.argmax(-1) == want.argmax(-1)).mean()) >= 0.99
     ours, theirs = (float((o.argmax(-1) == labels).mean()) for o in (got, want))
     assert abs(ours - theirs) <= 0.01, (ours, theirs)
+
+
+def test_signed_activations_run_on_the_int8_matmul_with_their_zero_point(tmp_path: Path) -> None:
+    """ORT quantizes signed activations to uint8 with a zero point near 128 (ember's own quantizer
+    uses symmetric int8): matmul_q8 takes the zero point, and its biases (stored quantized by
+    ORT) are folded to float so that they fuse."""
+    model = mlp(in_features=64, hidden=96, out_features=10, seed=4)
+    rng = np.random.default_rng(5)
+    samples = [{"x": rng.standard_normal((32, 64)).astype(np.float32)} for _ in range(8)]
+    path = _quantize_with_ort(model, samples, tmp_path)
+    zero_points = [
+        int(numpy_helper.to_array(t))
+        for t in onnx.load(str(path)).graph.initializer
+        if t.name == "x_zero_point"
+    ]
+    assert zero_points and zero_points[0] not in (0,), zero_points  # the case this test is for
+    artifact = ember.compile(path, batch_sizes=(1, 16), output=tmp_path / "a")
+    stats = artifact.manifest["kernel_library"]
+    assert stats.get("matmul_q8") == 4 and stats.get("bias") == 4, stats  # 2 MatMuls x 2 buckets
+    assert stats.get("folded_dequantizations", 0) >= 2, stats
+    x = {"x": rng.standard_normal((16, 64)).astype(np.float32)}
+    got = ember.load(artifact.path).run(x)["y"]
+    want = ort.InferenceSession(str(path)).run(None, x)[0]
+    assert float(np.abs(got - want).max()) <= 3 * _output_scale(path)
+    fp32 = ort.InferenceSession(model.SerializeToString()).run(None, x)[0]
+    assert float(np.abs(got - fp32).max()) <= 0.05 * float(np.abs(fp32).max())
+
+
+def test_constant_dequantizations_fold_except_kernel_weights() -> None:
+    model = _pair_graph()
+    bias_q = np.array([[10, -20], [30, 0]], np.int32)
+    model.graph.initializer.extend(
+        [
+            _const("b_q", bias_q),
+            _const("b_s", np.array([0.5, 0.25], np.float32)),
+            _const("b_z", np.array([0, 4], np.int32)),
+        ]
+    )
+    model.graph.node.insert(
+        0, helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_z"], ["b"], axis=1)
+    )
+    folded, count = fold_constant_dequantizations(model)
+    assert count == 1  # w1 and w2 are conv weights: kept for the int8 kernels
+    values = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+    np.testing.assert_array_equal(values["b"], [[5.0, -6.0], [15.0, -1.0]])
+    assert [n.op_type for n in folded.graph.node].count("DequantizeLinear") == 5  # b went
+    untouched = _pair_graph()
+    same, none = fold_constant_dequantizations(untouched)
+    assert none == 0 and same is untouched
+
+
+@pytest.mark.parametrize(("offset", "relus"), [(1.0, 0), (0.5, 1)])
+def test_a_pair_on_a_value_that_is_never_negative_adds_no_relu(offset: float, relus: int) -> None:
+    """GELU's 1 + erf(x) gets a uint8 pair with zero point 0 from ORT: a Relu there would change
+    nothing but hide the pattern from the GELU fusion. With 0.5 + erf(x) the Relu is needed."""
+    inits = [
+        _const("one", np.array(offset, np.float32)),
+        _const("c_s", np.array(1 / 255, np.float32)), _const("c_z", np.array(0, np.uint8)),
+        _const("g_s", np.array(2 / 255, np.float32)), _const("g_z", np.array(0, np.uint8)),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("QuantizeLinear", ["one", "c_s", "c_z"], ["one_q"]),
+        helper.make_node("DequantizeLinear", ["one_q", "c_s", "c_z"], ["one_d"]),
+        helper.make_node("Erf", ["x"], ["e"]),
+        helper.make_node("Add", ["e", "one_d"], ["g"]),
+        helper.make_node("QuantizeLinear", ["g", "g_s", "g_z"], ["g_q"]),
+        helper.make_node("DequantizeLinear", ["g_q", "g_s", "g_z"], ["g_d"]),
+        helper.make_node("Mul", ["x", "g_d"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    rewritten, changed = float_requantizations(model)
+    assert changed == 2  # both pairs are read only by float ops
+    assert [n.op_type for n in rewritten.graph.node].count("Relu") == relus
+    x = np.array([-3.0, -0.5, 0.2, 2.0], np.float32)
+    got = ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x})[0]
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, atol=3 * (1 / 255 + 2 / 255))

@@ -228,8 +228,9 @@ void* ThreadQuantized(size_t nbytes) {
 // Quantizes an int8 kernel's activation on every OpenMP thread the kernel itself will use: done
 // serially, the pass over a large activation (ResNet-18's 56x56x64 at batch 32: 6.4M values) took
 // a tenth of its conv's time on one core while the other cores waited.
-void QuantizeActivation(const float* src, size_t count, float scale, bool is_unsigned, void* dst) {
-  const quant::QuantParams params{scale, 0};
+void QuantizeActivation(const float* src, size_t count, float scale, bool is_unsigned, void* dst,
+                        int32_t zero_point) {
+  const quant::QuantParams params{scale, zero_point};
   auto run = [&](size_t begin, size_t end) {
     if (is_unsigned) {
       quant::QuantizeU8(src + begin, end - begin, params, static_cast<uint8_t*>(dst) + begin);
@@ -300,6 +301,7 @@ struct CachedPrimitive {
   bool has_residual = false;
   memory::desc weight_scales_md;  // int8 kernels: per-tensor source and per-channel weight scales
   bool has_scales = false;
+  std::vector<int32_t> column_sums;  // matmul_q8 with a source zero point: sum over K of b[k, n]
 };
 
 // Identifies a primitive: the kernel, the weight's content id, the threads it is built for (a
@@ -748,20 +750,26 @@ void CheckSevenBitWeights(const DLTensor* w, const char* kernel) {
 
 // ember.dnnl.matmul_q8(a[..., M, K], b[K, N] int8, b_scales[N], bias[N], residual[..., M, N],
 //   a_scale, a_unsigned, has_bias, has_residual, activation, weight_id, alpha, beta,
-//   out[..., M, N])
-// Static int8: `a` (float32) is quantized with the calibrated a_scale (zero point 0; uint8 when
-// a_unsigned, i.e. the activation is never negative, else symmetric int8) by quant::Quantize*,
-// then multiplied with the constant per-output-channel int8 weights `b` in int32 and dequantized
-// in the same primitive: out = a_scale * b_scales[n] * (qa x b) + bias, then residual and
-// activation. The weights are prepacked once per weight_id; `a`'s leading dims fold into M. On
-// CPUs without VNNI, weights outside [-64, 64] are refused (see Int8NeedsSevenBitWeights).
+//   [a_zero_point,] out[..., M, N])
+// Static int8: `a` (float32) is quantized with the calibrated a_scale and a_zero_point (0 when
+// omitted, as artifacts built before it was added call it; uint8 when a_unsigned, else int8) by
+// quant::Quantize*, then multiplied with the constant per-output-channel int8 weights `b` in int32
+// and dequantized in the same primitive: out = a_scale * b_scales[n] * ((qa - zp) x b) + bias,
+// then residual and activation. The zero point's share, zp * sum_k b[k, n], is taken off through
+// the bias (column sums cached with the primitive). The weights are prepacked once per
+// weight_id; `a`'s leading dims fold into M. On CPUs without VNNI, weights outside [-64, 64] are
+// refused (see Int8NeedsSevenBitWeights).
 void MatmulQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   constexpr const char* kName = "ember.dnnl.matmul_q8";
-  if (args.size() != 14) TVM_FFI_THROW(ValueError) << kName << ": expects 14 arguments";
+  if (args.size() != 14 && args.size() != 15) {
+    TVM_FFI_THROW(ValueError) << kName << ": expects 15 arguments (or 14 without a_zero_point)";
+  }
   const DLTensor* a = TensorArg(args, 0, kName);
   const DLTensor* b = TensorArg(args, 1, kName, kDLInt, 8);
   const DLTensor* b_scales = TensorArg(args, 2, kName);
-  const DLTensor* out = TensorArg(args, 13, kName);
+  const int out_index = static_cast<int>(args.size()) - 1;
+  const DLTensor* out = TensorArg(args, out_index, kName);
+  const int64_t a_zero = args.size() == 15 ? args[13].cast<int64_t>() : 0;
   const float a_scale = static_cast<float>(args[5].cast<double>());
   const int64_t a_unsigned = args[6].cast<int64_t>(), has_bias = args[7].cast<int64_t>();
   const int64_t has_res = args[8].cast<int64_t>(), act = args[9].cast<int64_t>();
@@ -781,26 +789,33 @@ void MatmulQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
   if (!(a_scale > 0) || !std::isfinite(a_scale)) {
     TVM_FFI_THROW(ValueError) << kName << ": a_scale must be finite and > 0, got " << a_scale;
   }
+  const int64_t zero_min = a_unsigned ? 0 : -128, zero_max = a_unsigned ? 255 : 127;
+  if (a_zero < zero_min || a_zero > zero_max) {
+    TVM_FFI_THROW(ValueError) << kName << ": a_zero_point " << a_zero << " is outside ["
+                              << zero_min << ", " << zero_max << "] of the "
+                              << (a_unsigned ? "uint8" : "int8") << " activation";
+  }
   int64_t m = 1;
   for (int d = 0; d < a->ndim - 1; ++d) m *= a->shape[d];
   const SerialIfSmall serial(2.0 * static_cast<double>(m) * static_cast<double>(k * n));
   const auto src_type = a_unsigned ? memory::data_type::u8 : memory::data_type::s8;
+  const bool primitive_bias = has_bias != 0 || a_zero != 0;  // the zero point's share goes there
   PrimitiveKey key;
   key.kernel = 2;
   key.weight_id = weight_id;
   key.Add({m, k, n, a_unsigned, has_bias, has_res, act, static_cast<int64_t>(alpha * 1e6),
-           static_cast<int64_t>(beta * 1e6)});
+           static_cast<int64_t>(beta * 1e6), a_zero != 0 ? 1 : 0});
   Guarded(kName, [&] {
     const CachedPrimitive& prim = GetOrBuild(key, [&] {
       CachedPrimitive p;
-      p.has_bias = has_bias != 0;
+      p.has_bias = primitive_bias;
       p.has_residual = has_res != 0;
       p.has_scales = true;
       p.src_md = memory::desc({m, k}, src_type, Tag::ab);
       p.dst_md = PlainDesc({m, n});
       p.residual_md = p.dst_md;
       p.weight_scales_md = memory::desc({n}, kF32, Tag::a);
-      if (has_bias) p.bias_md = PlainDesc({1, n});
+      if (primitive_bias) p.bias_md = PlainDesc({1, n});
       auto attr = MakeAttr(MakePostOps(has_res != 0, p.residual_md, static_cast<int>(act), alpha, beta));
       attr.set_scales_mask(DNNL_ARG_SRC, 0);
       attr.set_scales_mask(DNNL_ARG_WEIGHTS, 1 << 1);  // per column n of b[K, N]
@@ -813,15 +828,35 @@ void MatmulQ8(ffi::PackedArgs args, ffi::Any* /*rv*/) {
       p.primitive = dnnl::matmul(pd);
       p.packed_weights = PackWeights(weight_id, memory::desc({k, n}, memory::data_type::s8, Tag::ab),
                                      DataOf(b), p.weights_md);
+      if (a_zero != 0) {
+        const auto* w = static_cast<const int8_t*>(DataOf(b));
+        p.column_sums.assign(static_cast<size_t>(n), 0);
+        for (int64_t row = 0; row < k; ++row) {
+          for (int64_t col = 0; col < n; ++col) p.column_sums[static_cast<size_t>(col)] += w[row * n + col];
+        }
+      }
       return p;
     });
     const size_t count = static_cast<size_t>(m * k);
     void* quantized = ThreadQuantized(count);
     QuantizeActivation(static_cast<const float*>(DataOf(a)), count, a_scale, a_unsigned != 0,
-                       quantized);
-    Execute(prim, quantized, nullptr, bias ? DataOf(bias) : nullptr,
-            residual ? DataOf(residual) : nullptr, DataOf(out),
-            Scales{&a_scale, static_cast<const float*>(DataOf(b_scales))});
+                       quantized, static_cast<int32_t>(a_zero));
+    const auto* scales = static_cast<const float*>(DataOf(b_scales));
+    const void* bias_data = bias ? DataOf(bias) : nullptr;
+    if (a_zero != 0) {  // bias - a_scale * b_scales[n] * zp * sum_k b[k, n], per call (N values)
+      thread_local std::vector<float> shifted;
+      shifted.resize(static_cast<size_t>(n));
+      const auto* given = static_cast<const float*>(bias_data);
+      for (int64_t col = 0; col < n; ++col) {
+        const auto c = static_cast<size_t>(col);
+        const double share = static_cast<double>(a_scale) * scales[c] * static_cast<double>(a_zero) *
+                             prim.column_sums[c];
+        shifted[c] = static_cast<float>((given != nullptr ? given[c] : 0.0) - share);
+      }
+      bias_data = shifted.data();
+    }
+    Execute(prim, quantized, nullptr, bias_data, residual ? DataOf(residual) : nullptr, DataOf(out),
+            Scales{&a_scale, scales});
   });
 }
 

@@ -43,8 +43,9 @@ ConvArgs ParseConvArgs(const tvm::ffi::PackedArgs& args, const char* kernel, boo
 // (only) as needed.
 void* ThreadQuantized(size_t nbytes);
 
-// Quantizes `count` floats with `scale` (zero point 0) into uint8 (`is_unsigned`) or int8 at
+// Quantizes `count` floats with `scale` and `zero_point` into uint8 (`is_unsigned`) or int8 at
 // `dst`, split across the OpenMP threads the kernel will use (serial inside a parallel region).
-void QuantizeActivation(const float* src, size_t count, float scale, bool is_unsigned, void* dst);
+void QuantizeActivation(const float* src, size_t count, float scale, bool is_unsigned, void* dst,
+                        int32_t zero_point = 0);
 
 }  // namespace ember::kernels

@@ -285,9 +285,10 @@ def compile(
     specs = onnx_prep.resolve_input_shapes(inputs, input_shapes, batch_axis, batched)
     dtypes = {i.name: i.dtype for i in inputs}
 
-    requantized = 0
+    requantized = folded = 0
     if library == "dnnl":  # its int8 kernels quantize their own inputs (onnx_prep explains)
         proto, requantized = onnx_prep.float_requantizations(proto)
+        proto, folded = onnx_prep.fold_constant_dequantizations(proto)
     merger = _BucketMerger()
     outputs_per_bucket: dict[int, list[tuple[tuple[int, ...], str]]] = {}
     for bucket in buckets or [0]:
@@ -318,6 +319,8 @@ def compile(
         )
         if requantized:
             library_stats["float_requantizations"] = requantized
+        if folded:
+            library_stats["folded_dequantizations"] = folded
         if library_stats.get("matmul_q8") or library_stats.get("conv2d_q8"):
             _check_static_int8(resolved, "this QDQ (int8) model", "use kernel_library=None")
         wino = library_stats.get("conv2d_wino", 0)

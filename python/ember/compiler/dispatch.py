@@ -81,9 +81,10 @@ class _Int8Operands:
 
     x: Any  # the float activation before QuantizeLinear
     a_scale: float
-    a_unsigned: bool  # uint8 activation (zero point 0) rather than symmetric int8
+    a_unsigned: bool  # uint8 activation rather than int8
     weights: np.ndarray  # int8 [K, N]
     scales: np.ndarray  # float32 [N]
+    a_zero: int = 0  # the activation's zero point (ONNX Runtime's uint8 ones are often ~128)
 
 
 def _op(call: Any, name: str) -> bool:
@@ -226,8 +227,8 @@ class _Planner:
         return None
 
     def _qdq_matmul(self, var: Any, value: Any) -> _Fusion | None:
-        """matmul(dequantize(quantize(x, s, 0), s, 0), dequantize(W int8 [K, N], s_w[N], 0))
-        with a per-tensor activation scale (uint8 or int8, zero point 0) and per-column or
+        """matmul(dequantize(quantize(x, s, z), s, z), dequantize(W int8 [K, N], s_w[N], 0))
+        with a per-tensor activation scale and zero point (uint8 or int8) and per-column or
         per-tensor weight scales."""
         from tvm import relax
 
@@ -260,8 +261,7 @@ class _Planner:
         zero_type = str(np.asarray(scalars[3]).dtype)
         x_type, out_type = _tensor_type(q_a.args[0]), _tensor_type(var)
         if (
-            a_zero != 0
-            or q_zero != 0
+            a_zero != q_zero
             or a_scale != q_scale
             or not a_scale > 0
             or zero_type not in ("uint8", "int8")
@@ -279,6 +279,7 @@ class _Planner:
             zero_type == "uint8",
             np.ascontiguousarray(w),
             np.broadcast_to(w_scale.astype(np.float32).reshape(-1), (n,)).copy(),
+            int(a_zero),
         )
         consumed = [v for v in (q_var, a, b) if len(self.users.get(v, [])) == 1]
         return _Fusion("matmul_q8", value, [var], q8=operands, consumed=consumed)
@@ -465,6 +466,7 @@ def _int8_matmul_call(f: _Fusion, q: _Int8Operands, out_var: Any) -> Any:
         *map(_prim, ints),
         _prim(alpha),
         _prim(beta),
+        _prim(q.a_zero),
     ]
     return relax.call_dps_packed("ember.dnnl.matmul_q8", args, out_ty=out_var.ty)
 

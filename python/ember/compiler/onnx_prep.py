@@ -391,7 +391,13 @@ def float_requantizations(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
         if not any(float_uses.values()) and not any(dq.output[0] in outputs for dq, _ in uses):
             continue  # only int8 kernels read this pair
         source = q.input[0]
-        if q_range[1] == q_range[2]:  # zero point = qmin: the range starts at 0, a ReLU
+        # zero point = qmin: the range starts at 0, a ReLU; not where x never drops below 0 by
+        # more than the half step of rounding dropped anyway (GELU's 1 + erf(.): a Relu there
+        # would only hide the pattern from the fusions)
+        if (
+            q_range[1] == q_range[2]
+            and _lower_bound(q.input[0], producer, constants) < -q_range[0] / 2
+        ):
             source = f"{q.output[0]}/relu"  # the kernels quantize relu(x) exactly as x
             new_nodes.append(onnx.helper.make_node("Relu", [q.input[0]], [source]))
             q.input[0] = source
@@ -419,6 +425,44 @@ def float_requantizations(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
     return _topologically_sorted(out), changed
 
 
+_BOUNDED_BELOW = {"Sigmoid": 0.0, "Softmax": 0.0, "Abs": 0.0, "Exp": 0.0, "Sqrt": 0.0,
+                  "Softplus": 0.0, "Erf": -1.0, "Tanh": -1.0}  # fmt: skip
+
+
+def _lower_bound(
+    name: str,
+    producer: Mapping[str, onnx.NodeProto],
+    constants: Mapping[str, np.ndarray],
+    depth: int = 4,
+) -> float:
+    """A lower bound of tensor `name` from its producers (-inf when unknown): enough to see that
+    GELU's 1 + erf(x) is never negative."""
+    if name in constants:
+        return float(constants[name].min(initial=np.inf))
+    node = producer.get(name)
+    if node is None or depth == 0:
+        return -np.inf
+    if node.op_type in _BOUNDED_BELOW:
+        return _BOUNDED_BELOW[node.op_type]
+    if node.op_type == "Constant":
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        return float(numpy_helper.to_array(value).min(initial=np.inf)) if value else -np.inf
+    below = [_lower_bound(i, producer, constants, depth - 1) for i in node.input[:1]]
+    if node.op_type == "Relu":
+        return max(0.0, below[0])
+    if node.op_type == "Add" and len(node.input) == 2:
+        return below[0] + _lower_bound(node.input[1], producer, constants, depth - 1)
+    quantized = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+    if (
+        quantized is not None
+        and quantized.op_type == "QuantizeLinear"
+        and node.input[1] in constants
+    ):
+        scale = float(np.max(constants[node.input[1]]))  # a pair rounds x by half a step at most
+        return _lower_bound(quantized.input[0], producer, constants, depth - 1) - scale / 2
+    return -np.inf
+
+
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     copied = onnx.ModelProto()
     copied.CopyFrom(model)
@@ -444,3 +488,47 @@ def _topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
     del sorted_model.graph.node[:]
     sorted_model.graph.node.extend(ordered)
     return sorted_model
+
+
+def fold_constant_dequantizations(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Folds DequantizeLinear of constants into float initializers, except int8 weights read by a
+    Conv/MatMul/Gemm (the int8 kernels take those as they are).
+
+    Quantizers store biases (and other constants) quantized too; as float constants they fuse into
+    the kernels' epilogues, which need constant biases before TVM's own constant folding runs.
+    Returns the model (a copy when anything was folded) and how many were folded.
+    """
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    weight_reads = {
+        node.input[1]
+        for node in model.graph.node
+        if node.op_type in ("Conv", "MatMul", "Gemm") and len(node.input) > 1
+    }
+    folded: dict[str, np.ndarray] = {}
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.output[0] in weight_reads:
+            continue
+        if not all(name in constants for name in node.input if name):
+            continue
+        q = constants[node.input[0]].astype(np.float64)
+        scale = constants[node.input[1]].astype(np.float64)
+        zero = (
+            constants[node.input[2]].astype(np.float64)
+            if len(node.input) > 2 and node.input[2]
+            else 0.0
+        )
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if np.ndim(scale) == 1 and scale.size > 1:  # per axis: broadcast along `axis`
+            shape = [1] * q.ndim
+            shape[axis % q.ndim] = scale.size
+            scale = scale.reshape(shape)
+            zero = np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
+        folded[node.output[0]] = ((q - zero) * scale).astype(np.float32)
+    if not folded:
+        return model, 0
+    out = _copy(model)
+    kept = [n for n in out.graph.node if not (n.output and n.output[0] in folded)]
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    out.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in folded.items())
+    return out, len(folded)
