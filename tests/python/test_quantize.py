@@ -51,7 +51,8 @@ def test_quantize_static_writes_int8_weights_and_qdq_activations() -> None:
     w1 = inits["w1__ember_q8_int8"]
     assert w1.dtype == np.int8 and np.abs(w1.astype(int)).max() == 63  # 7 bits, per column
     assert np.all(np.abs(w1.astype(int)).max(axis=0) == 63)
-    assert inits["x__ember_q8_zero"].dtype == np.int8  # x goes negative: symmetric int8
+    x_zero = inits["x__ember_q8_zero"]  # x goes negative: uint8 with 0 inside the range
+    assert x_zero.dtype == np.uint8 and 0 < int(x_zero) < 255
     assert inits["h2__ember_q8_zero"].dtype == np.uint8  # a ReLU output: uint8
     ops = [n.op_type for n in q.graph.node]
     assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 4

