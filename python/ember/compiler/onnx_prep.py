@@ -422,7 +422,7 @@ def float_requantizations(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
     kept = [n for n in model.graph.node if not (n.output and n.output[0] in removed)]
     del out.graph.node[:]
     out.graph.node.extend(kept + new_nodes)
-    return _topologically_sorted(out), changed
+    return sort_nodes(out), changed
 
 
 _BOUNDED_BELOW = {"Sigmoid": 0.0, "Softmax": 0.0, "Abs": 0.0, "Exp": 0.0, "Sqrt": 0.0,
@@ -469,25 +469,24 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copied
 
 
-def _topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
+def sort_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Orders the graph's nodes (in place) so that every input is produced before it is used."""
     graph = model.graph
-    available = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {""}
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
     pending = list(graph.node)
     ordered: list[onnx.NodeProto] = []
     while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise CompileError("the quantized graph has a cycle or an undefined input")
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-    sorted_model = onnx.ModelProto()
-    sorted_model.CopyFrom(model)
-    del sorted_model.graph.node[:]
-    sorted_model.graph.node.extend(ordered)
-    return sorted_model
+        progress = [n for n in pending if all(i in ready for i in n.input)]
+        if not progress:
+            raise CompileError("the quantized graph has a cycle or a missing input")
+        for n in progress:
+            ordered.append(n)
+            ready.update(n.output)
+        done = {id(n) for n in progress}
+        pending = [n for n in pending if id(n) not in done]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model
 
 
 def fold_constant_dequantizations(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..compiler.onnx_prep import sort_nodes
 from ..errors import CompileError
 from .calibrate import Calibration, TensorRange
 
@@ -111,7 +112,7 @@ def quantize_static(
     graph.initializer.extend(kept + new_inits)
     # QDQ nodes sit just before their first user, which may precede the activation's producer
     # in a graph listed out of order: sort to be sure.
-    return _sorted(out)
+    return sort_nodes(out)
 
 
 def quantize_weight_only(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -152,7 +153,7 @@ def quantize_weight_only(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.node.extend(new_nodes)
     del graph.initializer[:]
     graph.initializer.extend(kept + new_inits)
-    return _sorted(out)
+    return sort_nodes(out)
 
 
 def _int8_weight(
@@ -235,23 +236,3 @@ def _weight_axis(
     if node.op_type == "Conv" and len(w.dims) == 4 and calibration.ranges[node.input[0]].min >= 0:
         return 0
     return None
-
-
-def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Orders the graph's nodes so that every input is produced before it is used."""
-    graph = model.graph
-    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        progress = [n for n in pending if all(i in ready for i in n.input)]
-        if not progress:
-            raise CompileError("the quantized graph has a cycle or a missing input")
-        for n in progress:
-            ordered.append(n)
-            ready.update(n.output)
-        done = {id(n) for n in progress}
-        pending = [n for n in pending if id(n) not in done]
-    del graph.node[:]
-    graph.node.extend(ordered)
-    return model
