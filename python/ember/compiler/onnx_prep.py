@@ -333,9 +333,10 @@ def float_requantizations(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
     float (a residual Add, MaxPool, the model's output) and in place of the ReLUs they remove (a
     uint8 pair with zero point 0 clamps at 0). ember's int8 kernels quantize their own inputs, so
     only pairs feeding a Conv/MatMul/Gemm with int8 weights are kept. Every other use reads the
-    float value: through a Relu where the pair's range starts at 0 (zero point = qmin), directly
-    otherwise. Rounding to the pair's grid and saturation at its calibrated range are therefore
-    not reproduced there (outputs differ from a runtime that rounds by up to half a step).
+    float value: through a Relu where the pair's range starts at 0 (zero point = qmin) and its
+    input can go below 0, directly otherwise. Rounding to the pair's grid and saturation at its
+    calibrated range are therefore not reproduced there (outputs differ from a runtime that
+    rounds by up to half a step).
     Returns the model (a copy when anything changed) and how many pairs changed.
     """
     original, model = model, _copy(model)
@@ -418,11 +419,10 @@ def float_requantizations(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
             removed.add(q.output[0])
     if not changed:
         return original, 0
-    out = _copy(model)
-    kept = [n for n in model.graph.node if not (n.output and n.output[0] in removed)]
-    del out.graph.node[:]
-    out.graph.node.extend(kept + new_nodes)
-    return sort_nodes(out), changed
+    kept = [n for n in graph.node if not (n.output and n.output[0] in removed)]
+    del graph.node[:]
+    graph.node.extend(kept + new_nodes)
+    return sort_nodes(model), changed
 
 
 _BOUNDED_BELOW = {"Sigmoid": 0.0, "Softmax": 0.0, "Abs": 0.0, "Exp": 0.0, "Sqrt": 0.0,
