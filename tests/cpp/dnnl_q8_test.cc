@@ -25,6 +25,17 @@ using testing::kF32;
 using testing::kS8;
 using testing::Nhwc;
 
+// Runs `call`, which must throw an ffi::Error whose message contains `expected`.
+template <typename Call>
+void ExpectRefusal(const Call& call, const char* expected) {
+  try {
+    call();
+    ADD_FAILURE() << "accepted; expected a refusal mentioning \"" << expected << "\"";
+  } catch (const ffi::Error& err) {
+    EXPECT_NE(std::string(err.message()).find(expected), std::string::npos) << err.message();
+  }
+}
+
 struct Case {
   std::vector<int64_t> lead;  // a's dims before K (folded into M)
   int64_t k, n;
@@ -135,13 +146,7 @@ TEST(MatmulQ8, RefusesWeightsThatWouldSaturateOnCpusWithoutVnni) {
   };
 #if defined(__x86_64__)
   if (!(__builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni"))) {
-    try {
-      call();
-      FAIL() << "65 was accepted";
-    } catch (const ffi::Error& err) {
-      EXPECT_NE(std::string(err.message()).find("within [-64, 64]"), std::string::npos)
-          << err.message();
-    }
+    ExpectRefusal(call, "within [-64, 64]");  // 65
     return;
   }
 #endif
@@ -211,14 +216,12 @@ TEST(MatmulQ8, RefusesAZeroPointOutsideTheActivationType) {
   std::vector<int64_t> shape{2, 2}, s_shape{2};
   DLTensor ta = Dl(a.data(), kF32, shape), tw = Dl(w.data(), kS8, shape),
            ts = Dl(s.data(), kF32, s_shape), tout = Dl(out.data(), kF32, shape);
-  try {
-    (*fn)(&ta, &tw, &ts, &ts, &ta, 0.5, int64_t{0}, int64_t{0}, int64_t{0}, int64_t{0},
-          int64_t{5099}, 0.0, 0.0, int64_t{128}, &tout);
-    FAIL() << "zero point 128 was accepted for int8 activations";
-  } catch (const ffi::Error& err) {
-    EXPECT_NE(std::string(err.message()).find("outside [-128, 127]"), std::string::npos)
-        << err.message();
-  }
+  ExpectRefusal(
+      [&] {  // zero point 128 for int8 activations
+        (*fn)(&ta, &tw, &ts, &ts, &ta, 0.5, int64_t{0}, int64_t{0}, int64_t{0}, int64_t{0},
+              int64_t{5099}, 0.0, 0.0, int64_t{128}, &tout);
+      },
+      "outside [-128, 127]");
 }
 
 // The widest weights accepted without VNNI (|w| = 64, ONNX Runtime's reduce_range) against the
@@ -371,14 +374,12 @@ TEST(Conv2dQ8, RefusesLayoutsWithoutAnOptimizedInt8Kernel) {
   std::vector<int64_t> x_shape{2, 2, 6, 6, 8}, w_shape{16, 1, 1, 16}, s_shape{16};
   DLTensor tx = Dl(x.data(), kF32, x_shape), tw = Dl(w.data(), kS8, w_shape),
            ts = Dl(s.data(), kF32, s_shape), tout = Dl(out.data(), kF32, x_shape);
-  try {
-    (*fn)(&tx, &tw, &ts, &ts, &tx, 1, 1, 0, 0, 0, 0, 1, 1, 1, int64_t{0}, int64_t{0}, int64_t{0},
-          int64_t{6}, int64_t{1}, 0.5, 0.0, 0.0, &tout);
-    FAIL() << "an nChw8c int8 conv was accepted";
-  } catch (const ffi::Error& err) {
-    EXPECT_NE(std::string(err.message()).find("no optimized int8 kernel"), std::string::npos)
-        << err.message();
-  }
+  ExpectRefusal(
+      [&] {  // an nChw8c int8 conv
+        (*fn)(&tx, &tw, &ts, &ts, &tx, 1, 1, 0, 0, 0, 0, 1, 1, 1, int64_t{0}, int64_t{0},
+              int64_t{0}, int64_t{6}, int64_t{1}, 0.5, 0.0, 0.0, &tout);
+      },
+      "no optimized int8 kernel");
 }
 
 TEST(Conv2dQ8, RefusesSignedActivations) {
@@ -390,13 +391,12 @@ TEST(Conv2dQ8, RefusesSignedActivations) {
   std::vector<int64_t> x_shape{1, 1, 2, 8}, w_shape{2, 1, 1, 8}, s_shape{2}, o_shape{1, 1, 2, 2};
   DLTensor tx = Dl(x.data(), kF32, x_shape), tw = Dl(w.data(), kS8, w_shape),
            ts = Dl(s.data(), kF32, s_shape), tout = Dl(out.data(), kF32, o_shape);
-  try {
-    (*fn)(&tx, &tw, &ts, &ts, &tx, 1, 1, 0, 0, 0, 0, 1, 1, 1, int64_t{0}, int64_t{0}, int64_t{0},
-          int64_t{5}, int64_t{0}, 0.5, 0.0, 0.0, &tout);
-    FAIL() << "signed activations were accepted";
-  } catch (const ffi::Error& err) {
-    EXPECT_NE(std::string(err.message()).find("unsigned"), std::string::npos) << err.message();
-  }
+  ExpectRefusal(
+      [&] {  // signed activations
+        (*fn)(&tx, &tw, &ts, &ts, &tx, 1, 1, 0, 0, 0, 0, 1, 1, 1, int64_t{0}, int64_t{0},
+              int64_t{0}, int64_t{5}, int64_t{0}, 0.5, 0.0, 0.0, &tout);
+      },
+      "unsigned");
 }
 
 // As MatmulQ8.SixtyFourBitWeights...: a 3x3 conv whose every input quantizes to 255, against
