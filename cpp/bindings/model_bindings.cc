@@ -80,8 +80,10 @@ runtime::NamedTensorViews ConvertInputs(const py::dict& inputs, std::vector<py::
       ThrowIfError(Status::InvalidArgument("input '" + name + "' must be a numpy array, got " +
                                            py::str(py::type::of(item.second)).cast<std::string>()));
     }
-    // Non-C-contiguous arrays are copied once into a contiguous buffer (documented behaviour).
-    py::array array = py::array::ensure(item.second, py::array::c_style);
+    // Non-C-contiguous arrays are copied once into a contiguous buffer (documented behaviour);
+    // contiguous ones are used as they are, without numpy's conversion machinery.
+    py::array array = py::reinterpret_borrow<py::array>(item.second);
+    if ((array.flags() & py::array::c_style) == 0) array = py::array::ensure(item.second, py::array::c_style);
     const DLDataType dtype = ValueOrThrow(DTypeOfArray(array));
     std::vector<int64_t> shape(array.shape(), array.shape() + array.ndim());
     views.emplace_back(name, TensorView{array.data(), dtype, std::move(shape)});
