@@ -1,7 +1,8 @@
 // Bindings for ember::engine::Engine. Lanes never touch Python: a completion only moves the
-// result and a borrowed-then-owned future pointer into a CompletionQueue; a Python thread (the
-// futures dispatcher, or an asyncio loop's reader callback) resolves futures there with the GIL.
-// Blocking run() waits with the GIL released. Outputs are numpy arrays viewing pooled blocks.
+// result into a Waiter (blocking run(), which waits with the GIL released), into an AsyncResult
+// (asyncio; its task takes it), or with a future pointer into a CompletionQueue, where a Python
+// thread (the futures dispatcher, or an asyncio loop's reader callback) resolves futures with the
+// GIL. Outputs are numpy arrays viewing pooled blocks.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -126,8 +127,9 @@ struct Finished {
 
 // Finished requests waiting for a Python thread to resolve their futures. For asyncio it also
 // signals an eventfd that the event loop watches (loop.add_reader), so no thread per request and
-// no GIL on the lanes. Thread-safety: Push() from any thread without the GIL; Dispatch() and the
-// destructor with the GIL.
+// no GIL on the lanes; its futures only wake their tasks (set to None), which then take the
+// outputs from their AsyncResult. Thread-safety: Push() and the in-flight count from any thread
+// without the GIL; Dispatch(), ToDict() and the destructor with the GIL.
 class CompletionQueue {
  public:
   explicit CompletionQueue(bool for_asyncio) : asyncio_(for_asyncio) {
@@ -143,25 +145,10 @@ class CompletionQueue {
   CompletionQueue(const CompletionQueue&) = delete;
   CompletionQueue& operator=(const CompletionQueue&) = delete;
 
-  // Requests submitted to this queue whose completion has not been pushed yet.
-  int outstanding() const { return outstanding_.load(std::memory_order_acquire); }
-  void AddOutstanding(int delta) { outstanding_.fetch_add(delta, std::memory_order_acq_rel); }
-  // Bumped by every Push(): lets a submitter poll for a completion without the mutex.
-  uint64_t pushed() const { return pushed_.load(std::memory_order_acquire); }
+  // asyncio: requests submitted through this queue whose outputs no task has taken yet.
+  int in_flight() const { return in_flight_.load(std::memory_order_acquire); }
+  void AddInFlight(int delta) { in_flight_.fetch_add(delta, std::memory_order_acq_rel); }
   bool for_asyncio() const { return asyncio_; }
-  // How many futures the latest Dispatch() resolved (1 for a lone caller).
-  size_t last_dispatched() const { return last_dispatched_.load(std::memory_order_relaxed); }
-
-  // A submitter on the loop's thread polls for its completion and resolves it itself
-  // (Dispatch(0, false)): while it polls, Push() leaves the fd alone, which saves the write, the
-  // loop's wake-up and its read (syscalls: ~5 us each on a VM). EndInlineWait() says whether a
-  // completion came in; if it did not, every later Push() signals the fd as usual. (Dekker-style:
-  // seq_cst on both sides, so a Push() either sees the poller or is seen by it.)
-  void BeginInlineWait() { inline_waiter_.store(true, std::memory_order_seq_cst); }
-  bool EndInlineWait(uint64_t pushed_before) {
-    inline_waiter_.store(false, std::memory_order_seq_cst);
-    return pushed_.load(std::memory_order_seq_cst) != pushed_before;
-  }
 
   void Push(Finished item) {
     bool was_empty;
@@ -170,11 +157,9 @@ class CompletionQueue {
       was_empty = items_.empty();
       items_.push_back(std::move(item));
     }
-    outstanding_.fetch_sub(1, std::memory_order_acq_rel);
-    pushed_.fetch_add(1, std::memory_order_seq_cst);
     if (!was_empty) return;  // whoever dispatches has been woken already
     ready_.notify_one();
-    if (fd_ >= 0 && !inline_waiter_.load(std::memory_order_seq_cst)) {
+    if (fd_ >= 0) {
       const uint64_t one = 1;
       [[maybe_unused]] const ssize_t n = write(fd_, &one, sizeof(one));
     }
@@ -183,14 +168,13 @@ class CompletionQueue {
   // Resolves the futures of every finished request. timeout_s < 0 waits until there is one or
   // the queue is closed, > 0 waits at most that long, 0 does not wait. Returns how many futures
   // it resolved, or -1 once the queue is closed and empty.
-  // `rearm` false: leave the fd alone (an inline waiter's dispatch; nothing was written to it).
-  int Dispatch(double timeout_s, bool rearm = true) {
+  int Dispatch(double timeout_s) {
     std::vector<Finished> ready;
     bool finished = false;
     {
       std::unique_ptr<py::gil_scoped_release> release;
       if (timeout_s != 0) release = std::make_unique<py::gil_scoped_release>();
-      if (fd_ >= 0 && rearm) {
+      if (fd_ >= 0) {
         // Re-arm the fd before taking the items, outside the lock (a syscall: lanes must not
         // wait on it). A push after the read is taken below or writes the fd again itself.
         uint64_t count;
@@ -207,7 +191,6 @@ class CompletionQueue {
       finished = ready.empty() && closed_;
     }
     if (finished) return -1;
-    last_dispatched_.store(ready.size(), std::memory_order_relaxed);
     for (Finished& item : ready) Resolve(item);
     return static_cast<int>(ready.size());
   }
@@ -226,6 +209,12 @@ class CompletionQueue {
 
   int fd() const { return fd_; }
 
+  // Outputs as a dict of numpy arrays; with the GIL, on the thread that dispatches this queue.
+  py::dict ToDict(const std::shared_ptr<const OutputInfo>& info, const std::vector<OutputTensor>& outputs) {
+    if (!converter_ || !converter_->Serves(info)) converter_ = std::make_unique<OutputConverter>(info);
+    return converter_->ToDict(outputs);
+  }
+
  private:
   void Resolve(Finished& item) {
     static PyObject* const done = InternedName("done");
@@ -235,15 +224,14 @@ class CompletionQueue {
     py::object future = py::reinterpret_steal<py::object>(item.future);
     try {
       if (asyncio_) {
-        if (CallMethod(future, done).ptr() == Py_True) return;  // cancelled by its awaiter
-      } else if (CallMethod(future, set_running).ptr() != Py_True) {
-        return;  // cancelled before it ran
+        // Only wakes the task (unless its awaiter cancelled it): the outputs wait in its
+        // AsyncResult.
+        if (CallMethod(future, done).ptr() != Py_True) CallMethod(future, set_result, Py_None);
+        return;
       }
+      if (CallMethod(future, set_running).ptr() != Py_True) return;  // cancelled before it ran
       if (item.status.ok()) {
-        if (!converter_ || !converter_->Serves(item.info)) {
-          converter_ = std::make_unique<OutputConverter>(item.info);
-        }
-        CallMethod(future, set_result, converter_->ToDict(item.outputs).ptr());
+        CallMethod(future, set_result, ToDict(item.info, item.outputs).ptr());
       } else {
         CallMethod(future, set_exception, MakeException(item.status).ptr());
       }
@@ -261,10 +249,77 @@ class CompletionQueue {
   std::condition_variable ready_;
   std::vector<Finished> items_;
   bool closed_ = false;
-  std::atomic<int> outstanding_{0};
-  std::atomic<uint64_t> pushed_{0};
-  std::atomic<size_t> last_dispatched_{0};
-  std::atomic<bool> inline_waiter_{false};
+  std::atomic<int> in_flight_{0};
+};
+
+// One asyncio request's outcome. The lane leaves it here; the awaiting task, which gives the
+// loop one round after submitting (so that the loop's other tasks submit meanwhile and a fast
+// batch finishes), takes it without any future. Only a task that finds it still running attaches
+// a future and its loop's CompletionQueue, to which the lane then hands the future to wake the
+// task: a future, its callbacks and the fd are paid only by requests that outlast a loop round.
+// Thread-safety: Complete() from a lane without the GIL, the rest with the GIL; the fields
+// Complete() writes are guarded by a spin lock and published by `done_`. The last reference may
+// drop on a lane (the task gave up): the destructor then touches no Python object, as `future_`
+// is always handed on by Complete(), and the engine holds the converter and the queue until its
+// lanes have stopped (see ~PyEngine).
+class AsyncResult {
+ public:
+  AsyncResult(std::shared_ptr<const OutputConverter> converter, std::shared_ptr<std::atomic<int>> untaken)
+      : converter_(std::move(converter)), untaken_(std::move(untaken)) {
+    untaken_->fetch_add(1, std::memory_order_acq_rel);
+  }
+  ~AsyncResult() {
+    if (!taken_) untaken_->fetch_sub(1, std::memory_order_acq_rel);
+  }
+  AsyncResult(const AsyncResult&) = delete;
+  AsyncResult& operator=(const AsyncResult&) = delete;
+
+  void Complete(Status status, std::vector<OutputTensor> outputs) {
+    PyObject* future;
+    {
+      const auto lock = SpinLocked(mutex_);
+      status_ = std::move(status);
+      outputs_ = std::move(outputs);
+      future = std::exchange(future_, nullptr);
+      done_.store(true, std::memory_order_release);
+    }
+    if (future != nullptr) queue_->Push(Finished{future, Status::Ok(), {}, nullptr});
+  }
+
+  bool done() const { return done_.load(std::memory_order_acquire); }
+
+  // Has `queue` wake `future` when the request finishes; false (nothing kept) if it already has.
+  // The caller keeps `queue` alive until the lanes stop.
+  bool Attach(const py::object& future, CompletionQueue* queue) {
+    const auto lock = SpinLocked(mutex_);
+    if (done_.load(std::memory_order_relaxed)) return false;
+    if (future_ != nullptr) ThrowIfError(Status::Internal("AsyncResult: a future is already attached"));
+    future_ = future.inc_ref().ptr();
+    queue_ = queue;
+    return true;
+  }
+
+  // The outputs, or the request's error raised; once, after done.
+  py::dict Take() {
+    if (!done()) ThrowIfError(Status::Internal("AsyncResult.take: the request has not finished yet"));
+    if (taken_) ThrowIfError(Status::Internal("AsyncResult.take: the outputs were already taken"));
+    taken_ = true;
+    untaken_->fetch_sub(1, std::memory_order_acq_rel);
+    const std::vector<OutputTensor> outputs = std::move(outputs_);
+    ThrowIfError(status_);
+    return converter_->ToDict(outputs);
+  }
+
+ private:
+  const std::shared_ptr<const OutputConverter> converter_;
+  const std::shared_ptr<std::atomic<int>> untaken_;  // the engine's count of these not taken
+  std::mutex mutex_;
+  Status status_;
+  std::vector<OutputTensor> outputs_;
+  PyObject* future_ = nullptr;  // a strong reference, attached with the GIL, handed to queue_
+  CompletionQueue* queue_ = nullptr;
+  std::atomic<bool> done_{false};
+  bool taken_ = false;  // by the task, with the GIL
 };
 
 // The result of a blocking run(), handed over by the completing lane; its thread is woken
@@ -295,7 +350,7 @@ class PyEngine {
       info->dtypes.push_back(spec.dtype);
     }
     info_ = std::move(info);
-    converter_ = std::make_unique<const OutputConverter>(info_);
+    converter_ = std::make_shared<const OutputConverter>(info_);
     Result<std::unique_ptr<Engine>> created = [&] {
       py::gil_scoped_release release;  // creating VMs takes a while
       return Engine::Create(std::move(model), std::move(options));
@@ -351,32 +406,37 @@ class PyEngine {
     PyObject* raw = future.ptr();
     Py_INCREF(raw);
     CompletionQueue* target = queue.get();
-    const uint64_t pushed_before = target->pushed();
-    target->AddOutstanding(1);
     try {
       SubmitWith(inputs, priority, timeout_us,
                  [target, raw, info = info_](Status status, std::vector<OutputTensor> outputs) {
                    target->Push(Finished{raw, std::move(status), std::move(outputs), info});
                  });
     } catch (...) {
-      target->AddOutstanding(-1);
       Py_DECREF(raw);  // refused: the completion will never run
       throw;
     }
-    // A lone asyncio caller of a fast model (nothing else in flight, and the loop's last round
-    // resolved only its previous request): wait here a moment (GIL released) so that the event
-    // loop finds the result ready instead of sleeping in epoll and paying a thread wake-up. With
-    // several callers this would hold back the others' submissions, so it never happens then.
-    if (target->for_asyncio() && target->outstanding() == 1 && target->last_dispatched() <= 1) {
-      target->BeginInlineWait();
-      {
-        py::gil_scoped_release release;
-        SpinWhileFast([&] { return target->pushed() != pushed_before; });
-      }
-      // Came in: resolve the future here, on the loop's thread as the loop would, with no fd
-      // round trip; Engine.infer then finds it done.
-      if (target->EndInlineWait(pushed_before)) target->Dispatch(0, /*rearm=*/false);
+  }
+
+  std::shared_ptr<AsyncResult> SubmitAsync(const py::dict& inputs, int priority, int64_t timeout_us) {
+    auto result = std::make_shared<AsyncResult>(converter_, untaken_);
+    SubmitWith(inputs, priority, timeout_us, [result](Status status, std::vector<OutputTensor> outputs) {
+      result->Complete(std::move(status), std::move(outputs));
+    });
+    // A lone asyncio caller of a fast model (no other asyncio request in flight): wait here a
+    // moment, GIL released, so that the task takes its outputs at once instead of its loop
+    // sleeping in epoll and paying a thread wake-up. With several callers this would hold back
+    // the others' submissions, so it never happens then.
+    if (untaken_->load(std::memory_order_acquire) == 1) {
+      py::gil_scoped_release release;
+      SpinWhileFast([&] { return result->done(); });
     }
+    return result;
+  }
+
+  bool Attach(AsyncResult& result, const py::object& future, const std::shared_ptr<CompletionQueue>& queue) {
+    if (!queue->for_asyncio()) ThrowIfError(Status::InvalidArgument("attach needs an asyncio queue"));
+    queues_.insert(queue);  // outlives every completion that may push to it (see ~PyEngine)
+    return result.Attach(future, queue.get());
   }
 
   void Close(bool drain) {
@@ -422,7 +482,9 @@ class PyEngine {
 
   static constexpr size_t kReleaseGilBytes = 256 * 1024;
   std::shared_ptr<const OutputInfo> info_;
-  std::unique_ptr<const OutputConverter> converter_;  // for run(); made and used with the GIL
+  // For run() and AsyncResult::Take(); made, used and released with the GIL.
+  std::shared_ptr<const OutputConverter> converter_;
+  std::shared_ptr<std::atomic<int>> untaken_ = std::make_shared<std::atomic<int>>(0);
   std::unique_ptr<Engine> engine_;
   // Wakes blocked run() callers one at a time (see handoff.h); shared with their completions.
   std::shared_ptr<engine::HandoffGate> gate_ = std::make_shared<engine::HandoffGate>();
@@ -469,6 +531,11 @@ void BindEngine(py::module_& m) {
       .def("close", &CompletionQueue::Close)
       .def_property_readonly("fd", &CompletionQueue::fd);
 
+  py::class_<AsyncResult, std::shared_ptr<AsyncResult>>(
+      m, "AsyncResult", "One asyncio request's outcome, taken by its task once done.")
+      .def_property_readonly("done", &AsyncResult::done)
+      .def("take", &AsyncResult::Take, "The outputs, or the request's error raised; once.");
+
   py::class_<PyEngine>(m, "Engine", "Dynamic batching over lanes of a loaded model (C++ core).")
       .def(py::init([](const std::shared_ptr<runtime::Model>& model, int lanes, int threads_per_lane,
                        int64_t max_batch_size, int64_t max_queue_delay_us,
@@ -490,6 +557,10 @@ void BindEngine(py::module_& m) {
       .def("run", &PyEngine::Run, py::arg("inputs"), py::arg("priority"), py::arg("timeout_us"))
       .def("submit", &PyEngine::Submit, py::arg("inputs"), py::arg("future"), py::arg("queue"),
            py::arg("priority"), py::arg("timeout_us"))
+      .def("submit_async", &PyEngine::SubmitAsync, py::arg("inputs"), py::arg("priority"),
+           py::arg("timeout_us"))
+      .def("attach", &PyEngine::Attach, py::arg("result"), py::arg("future"), py::arg("queue"),
+           "Have queue resolve future (to None) when result is done; False if it already is.")
       .def("close", &PyEngine::Close, py::arg("drain"))
       .def_property_readonly("closed", [](PyEngine& self) { return self.engine().closed(); })
       .def_property_readonly("queue_size", [](PyEngine& self) { return self.engine().queue_size(); })

@@ -12,8 +12,9 @@ import atexit
 import concurrent.futures
 import os
 import threading
+import types
 import weakref
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -27,9 +28,9 @@ from .model import Model
 Outputs = dict[str, np.ndarray]
 
 # A lone asyncio caller of a fast model gets its result during submit (the core polls for it
-# briefly and resolves the future itself), so `await engine.infer(...)` returns without a loop
-# round; one call in this many still yields, so that a task calling in a loop cannot starve the
-# loop's other tasks for longer than a few milliseconds.
+# briefly), so `await engine.infer(...)` returns without a loop round; one call in this many
+# still yields, so that a task calling in a loop cannot starve the loop's other tasks for longer
+# than a few milliseconds.
 YIELD_EVERY_INLINE = 16
 
 
@@ -146,7 +147,11 @@ class Engine:
         self, inputs: Mapping[str, np.ndarray], *, priority: int = 0, timeout_us: int | None = None
     ) -> Outputs:
         """Queue one request and wait for its outputs (the GIL is released while waiting)."""
-        return self._core.run(_as_dict(inputs), priority, _timeout(timeout_us))
+        return self._core.run(  # _as_dict and _timeout inlined: this is the hot path
+            inputs if type(inputs) is dict else dict(inputs),
+            priority,
+            -1 if timeout_us is None else int(timeout_us),
+        )
 
     def submit(
         self, inputs: Mapping[str, np.ndarray], *, priority: int = 0, timeout_us: int | None = None
@@ -162,17 +167,25 @@ class Engine:
         self, inputs: Mapping[str, np.ndarray], *, priority: int = 0, timeout_us: int | None = None
     ) -> Outputs:
         """Queue one request from a coroutine; no thread per request (the loop watches an fd)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Outputs] = loop.create_future()
-        self._core.submit(
-            _as_dict(inputs), future, self._loop_queue(loop), priority, _timeout(timeout_us)
+        result = self._core.submit_async(  # as run(): helpers inlined
+            inputs if type(inputs) is dict else dict(inputs),
+            priority,
+            -1 if timeout_us is None else int(timeout_us),
         )
-        if future.done():  # a lone caller of a fast model: resolved during submit, no loop round
+        if result.done:  # a lone caller of a fast model: finished during submit, no loop round
             self._resolved_in_submit += 1
             if self._resolved_in_submit % YIELD_EVERY_INLINE == 0:
-                await asyncio.sleep(0)  # still let the loop's other tasks run now and then
-            return future.result()
-        return await future
+                await _one_loop_round()  # still let the loop's other tasks run now and then
+            return result.take()
+        # One round of the loop: its other tasks submit meanwhile, and a batch of a fast model
+        # finishes, so most requests take their outputs with no future at all.
+        await _one_loop_round()
+        if not result.done:
+            loop = asyncio.get_running_loop()
+            woken: asyncio.Future[None] = loop.create_future()
+            if self._core.attach(result, woken, self._loop_queue(loop)):
+                await woken
+        return result.take()
 
     # --- lifecycle and introspection -----------------------------------------------------------
 
@@ -288,6 +301,12 @@ class Engine:
                 self._loop_queues[loop] = queue
         self._last_loop_queue = (loop, queue)
         return queue
+
+
+@types.coroutine
+def _one_loop_round() -> Generator[None, None, None]:
+    """Gives the event loop one round, like `asyncio.sleep(0)` (a bare yield: no future)."""
+    yield
 
 
 def _dispatch_until_closed(queue: _core.CompletionQueue) -> None:

@@ -153,6 +153,68 @@ def test_a_task_calling_infer_in_a_loop_still_lets_other_tasks_run(
     assert asyncio.run(scenario()) < YIELD_EVERY_INLINE
 
 
+def test_asyncio_requests_that_outlast_a_loop_round_wake_their_tasks(
+    mlp_model: ember.Model,
+) -> None:
+    """A task whose request is still queued after its one loop round attaches a future for the
+    loop to wake it: here no batch can close before the 20 ms delay (preferred size 8, 3 rows)."""
+    with ember.Engine(mlp_model, max_queue_delay_us=20_000, preferred_batch_sizes=(8,)) as eng:
+        inputs = [rows(1, i) for i in range(3)]
+
+        async def scenario() -> list[dict[str, np.ndarray]]:
+            return await asyncio.wait_for(
+                asyncio.gather(*(eng.infer({"x": x}) for x in inputs)), 10
+            )
+
+        results = asyncio.run(scenario())
+        for got, x in zip(results, inputs, strict=True):
+            np.testing.assert_allclose(got["y"], mlp_model.run({"x": x})["y"], atol=ATOL)
+        assert eng.metrics().queue_us.max >= 20_000  # they did wait for the delay
+
+
+def test_a_cancelled_asyncio_task_leaves_the_engine_serving(
+    mlp_model: ember.Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unraisable: list[object] = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+    with ember.Engine(mlp_model, max_queue_delay_us=20_000, preferred_batch_sizes=(8,)) as eng:
+
+        async def scenario() -> np.ndarray:
+            waiting = asyncio.ensure_future(eng.infer({"x": rows(1, 0)}))
+            for _ in range(3):  # it submits, gives the loop its round, then waits on a future
+                await asyncio.sleep(0)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            # The cancelled request still runs at the delay; its outputs are dropped with it.
+            return (await asyncio.wait_for(eng.infer({"x": rows(1, 1)}), 10))["y"]
+
+        got = asyncio.run(scenario())
+        np.testing.assert_allclose(got, mlp_model.run({"x": rows(1, 1)})["y"], atol=ATOL)
+        eng.close()
+        assert eng.metrics().successes == 2
+    assert unraisable == []
+
+
+def test_an_async_result_is_taken_once_and_only_when_done(engine: ember.Engine) -> None:
+    result = engine._core.submit_async({"x": rows(1, 0)}, 0, -1)
+    deadline = time.monotonic() + 10
+    while not result.done and time.monotonic() < deadline:
+        pass  # a lone request of a fast model: done within microseconds
+    assert result.done
+    assert result.take()["y"].shape == (1, 5)
+    with pytest.raises(ember.InternalError, match="already taken"):
+        result.take()
+    with ember.Engine(engine.model, max_queue_delay_us=10_000_000, preferred_batch_sizes=(8,)) as e:
+        pending = e._core.submit_async({"x": rows(1, 0)}, 0, -1)
+        with pytest.raises(ember.InternalError, match="not finished yet"):
+            pending.take()
+        e.close(drain=False)
+        assert pending.done
+        with pytest.raises(ember.EngineClosedError):
+            pending.take()
+
+
 def test_asyncio_errors_reach_the_awaiting_task(engine: ember.Engine) -> None:
     async def bad() -> None:
         await engine.infer({"x": np.zeros((1, 3), np.float32)})
