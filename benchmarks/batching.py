@@ -200,14 +200,40 @@ def _summarize(
     )
 
 
+class WindowSnapshots:
+    """Engine metrics at the measured window's start and end, taken by a timer thread, so that
+    engine-side quantiles cover the requests the client-side ones do, not the warm-up's ramp."""
+
+    def __init__(self, engine: ember.Engine) -> None:
+        self._engine = engine
+        self._snapshots: list[ember.EngineMetrics] = []
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, start: float, end: float) -> None:
+        def take() -> None:
+            for at in (start, end):
+                time.sleep(max(0.0, at - time.perf_counter()))
+                self._snapshots.append(self._engine.metrics())
+
+        self._thread = threading.Thread(target=take, daemon=True)
+        self._thread.start()
+
+    def window(self) -> tuple[ember.EngineMetrics, ember.EngineMetrics]:
+        assert self._thread is not None, "the driver never reported its window"
+        self._thread.join()
+        return self._snapshots[0], self._snapshots[1]
+
+
 def drive_threads(
     call: Callable[[dict[str, np.ndarray]], object],
     inputs: list[dict[str, np.ndarray]],
     clients: int,
     warmup_s: float,
     seconds: float,
+    on_window: Callable[[float, float], None] | None = None,
 ) -> tuple[list[tuple[float, float]], float, float, int]:
-    """`clients` threads call back to back; returns samples, the measured window and errors."""
+    """`clients` threads call back to back; returns samples, the measured window and errors.
+    `on_window(start, end)` learns the window (perf_counter times) before it starts."""
     ready = threading.Barrier(clients + 1)
     lock = threading.Lock()
     samples: list[tuple[float, float]] = []
@@ -240,6 +266,8 @@ def drive_threads(
         t.start()
     now = time.perf_counter()
     window.extend([now + warmup_s, now + warmup_s + seconds])
+    if on_window is not None:
+        on_window(window[0], window[1])
     ready.wait()
     for t in threads:
         t.join()
@@ -252,6 +280,7 @@ def drive_asyncio(
     clients: int,
     warmup_s: float,
     seconds: float,
+    on_window: Callable[[float, float], None] | None = None,
 ) -> tuple[list[tuple[float, float]], float, float, int]:
     samples: list[tuple[float, float]] = []
     errors = 0
@@ -260,6 +289,8 @@ def drive_asyncio(
         nonlocal errors
         start = time.perf_counter() + warmup_s
         end = start + seconds
+        if on_window is not None:
+            on_window(start, end)
 
         async def client(index: int) -> None:
             nonlocal errors
@@ -406,6 +437,9 @@ def bench_model(name: str, args: argparse.Namespace) -> ModelReport:
     seconds = args.seconds or SECONDS[name]
     batch_times = sorted(call_times_s(lambda: model.run(largest), seconds))
     report.batch_compute_ms = statistics.median(batch_times) * 1e3
+    # Closed-loop clients reach a steady state within a few batches (the first ones are partial):
+    # the unmeasured warm-up covers at least three, so the window does not measure that ramp.
+    warmup = args.warmup if args.warmup is not None else max(0.5, 3 * report.batch_compute_ms / 1e3)
     report.offline_rows_per_s = buckets[-1] / (report.batch_compute_ms / 1e3)
     # How much one batch's time varies on this machine with nothing else running: the p99
     # bounds below use the median, so a spread of x% moves a p99 of two batches by about 2x%.
@@ -464,19 +498,19 @@ def bench_model(name: str, args: argparse.Namespace) -> ModelReport:
                         continue
                     if mode == "ceiling" and name not in CEILING_MODELS:
                         continue
-                    before = engine.metrics()
+                    snapshots = WindowSnapshots(engine)
                     if kind == "threads":
                         samples, start, end, errors = drive_threads(
-                            thread_calls[mode], pool, clients, args.warmup, seconds
+                            thread_calls[mode], pool, clients, warmup, seconds, snapshots
                         )
                         result = _summarize(name, kind, clients, mode, samples, start, end, errors)
                     else:
                         result = run_asyncio(
                             name, mode, clients, model, engine, session, ort_names, pool,
-                            buckets[-1], delay_us, args,
+                            buckets[-1], delay_us, warmup, seconds, snapshots,
                         )  # fmt: skip
-                    if mode == "engine":  # includes the warm-up's requests
-                        after = engine.metrics()
+                    if mode == "engine":  # requests that finished in the measured window
+                        before, after = snapshots.window()
                         result.engine_p99_us = window_quantile_us(before, after, "total_us", 0.99)
                         result.engine_compute_p50_us = window_quantile_us(
                             before, after, "compute_us", 0.5
@@ -504,7 +538,9 @@ def run_asyncio(
     pool: list[dict[str, np.ndarray]],
     max_batch: int,
     delay_us: int,
-    args: argparse.Namespace,
+    warmup: float,
+    seconds: float,
+    on_window: Callable[[float, float], None],
 ) -> Result:
     batcher = PyBatcher(model.run, max_batch, delay_us / 1e6)
 
@@ -522,7 +558,7 @@ def run_asyncio(
         "ceiling": no_work_round,
     }
     samples, start, end, errors = drive_asyncio(
-        calls[mode], pool, clients, args.warmup, args.seconds or SECONDS[name]
+        calls[mode], pool, clients, warmup, seconds, on_window
     )
     return _summarize(name, "asyncio", clients, mode, samples, start, end, errors)
 
@@ -670,7 +706,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--seconds", type=float, default=None, help="measured time per config (default per model)"
     )
-    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured time per config")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="unmeasured seconds per config (default: 0.5 or three full batches, the longer)",
+    )
     parser.add_argument("--overhead-rounds", type=int, default=15)
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--json", type=Path, default=None)
