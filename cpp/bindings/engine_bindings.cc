@@ -26,6 +26,7 @@
 #include "ember/engine.h"
 #include "ember/handoff.h"
 #include "ember/model.h"
+#include "ember/result_slot.h"
 #include "errors.h"
 
 namespace py = pybind11;
@@ -252,16 +253,15 @@ class CompletionQueue {
   std::atomic<int> in_flight_{0};
 };
 
-// One asyncio request's outcome. The lane leaves it here; the awaiting task, which gives the
-// loop one round after submitting (so that the loop's other tasks submit meanwhile and a fast
-// batch finishes), takes it without any future. Only a task that finds it still running attaches
-// a future and its loop's CompletionQueue, to which the lane then hands the future to wake the
-// task: a future, its callbacks and the fd are paid only by requests that outlast a loop round.
-// Thread-safety: Complete() from a lane without the GIL, the rest with the GIL; the fields
-// Complete() writes are guarded by a spin lock and published by `done_`. The last reference may
-// drop on a lane (the task gave up): the destructor then touches no Python object, as `future_`
-// is always handed on by Complete(), and the engine holds the converter and the queue until its
-// lanes have stopped (see ~PyEngine).
+// One asyncio request's outcome (a ResultSlot). The lane leaves it here; the awaiting task,
+// which gives the loop one round after submitting (so that the loop's other tasks submit
+// meanwhile and a fast batch finishes), takes it without any future. Only a task that finds it
+// still running attaches a future and its loop's CompletionQueue, to which the lane then hands
+// the future to wake the task: a future, its callbacks and the fd are paid only by requests that
+// outlast a loop round. Thread-safety: the lane completes the slot without the GIL; the rest runs
+// with the GIL. The last reference may drop on a lane (the task gave up): the destructor then
+// touches no Python object (an attached future is always handed on by the slot's wake-up), and
+// the engine holds the converter and the queues until its lanes have stopped (see ~PyEngine).
 class AsyncResult {
  public:
   AsyncResult(std::shared_ptr<const OutputConverter> converter, std::shared_ptr<std::atomic<int>> untaken)
@@ -274,28 +274,19 @@ class AsyncResult {
   AsyncResult(const AsyncResult&) = delete;
   AsyncResult& operator=(const AsyncResult&) = delete;
 
-  void Complete(Status status, std::vector<OutputTensor> outputs) {
-    PyObject* future;
-    {
-      const auto lock = SpinLocked(mutex_);
-      status_ = std::move(status);
-      outputs_ = std::move(outputs);
-      future = std::exchange(future_, nullptr);
-      done_.store(true, std::memory_order_release);
-    }
-    if (future != nullptr) queue_->Push(Finished{future, Status::Ok(), {}, nullptr});
-  }
+  engine::ResultSlot& slot() { return slot_; }
+  bool done() const { return slot_.done(); }
 
-  bool done() const { return done_.load(std::memory_order_acquire); }
-
-  // Has `queue` wake `future` when the request finishes; false (nothing kept) if it already has.
-  // The caller keeps `queue` alive until the lanes stop.
+  // Has `queue` resolve `future` when the request finishes; false (nothing kept) if it already
+  // has. The caller keeps `queue` alive until the lanes stop.
   bool Attach(const py::object& future, CompletionQueue* queue) {
-    const auto lock = SpinLocked(mutex_);
-    if (done_.load(std::memory_order_relaxed)) return false;
-    if (future_ != nullptr) ThrowIfError(Status::Internal("AsyncResult: a future is already attached"));
-    future_ = future.inc_ref().ptr();
-    queue_ = queue;
+    if (attached_) ThrowIfError(Status::Internal("AsyncResult: a future is already attached"));
+    PyObject* raw = future.inc_ref().ptr();  // handed to the queue by the wake-up
+    if (!slot_.WakeWhenDone([raw, queue] { queue->Push(Finished{raw, Status::Ok(), {}, nullptr}); })) {
+      future.dec_ref();
+      return false;
+    }
+    attached_ = true;
     return true;
   }
 
@@ -305,21 +296,17 @@ class AsyncResult {
     if (taken_) ThrowIfError(Status::Internal("AsyncResult.take: the outputs were already taken"));
     taken_ = true;
     untaken_->fetch_sub(1, std::memory_order_acq_rel);
-    const std::vector<OutputTensor> outputs = std::move(outputs_);
-    ThrowIfError(status_);
+    const std::vector<OutputTensor> outputs = slot_.TakeOutputs();
+    ThrowIfError(slot_.status());
     return converter_->ToDict(outputs);
   }
 
  private:
   const std::shared_ptr<const OutputConverter> converter_;
   const std::shared_ptr<std::atomic<int>> untaken_;  // the engine's count of these not taken
-  std::mutex mutex_;
-  Status status_;
-  std::vector<OutputTensor> outputs_;
-  PyObject* future_ = nullptr;  // a strong reference, attached with the GIL, handed to queue_
-  CompletionQueue* queue_ = nullptr;
-  std::atomic<bool> done_{false};
-  bool taken_ = false;  // by the task, with the GIL
+  engine::ResultSlot slot_;
+  bool attached_ = false;  // with the GIL
+  bool taken_ = false;     // with the GIL
 };
 
 // The result of a blocking run(), handed over by the completing lane; its thread is woken
@@ -420,7 +407,7 @@ class PyEngine {
   std::shared_ptr<AsyncResult> SubmitAsync(const py::dict& inputs, int priority, int64_t timeout_us) {
     auto result = std::make_shared<AsyncResult>(converter_, untaken_);
     SubmitWith(inputs, priority, timeout_us, [result](Status status, std::vector<OutputTensor> outputs) {
-      result->Complete(std::move(status), std::move(outputs));
+      result->slot().Complete(std::move(status), std::move(outputs));
     });
     // A lone asyncio caller of a fast model (no other asyncio request in flight): wait here a
     // moment, GIL released, so that the task takes its outputs at once instead of its loop
