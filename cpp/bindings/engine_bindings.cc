@@ -129,8 +129,8 @@ struct Finished {
 // Finished requests waiting for a Python thread to resolve their futures. For asyncio it also
 // signals an eventfd that the event loop watches (loop.add_reader), so no thread per request and
 // no GIL on the lanes; its futures only wake their tasks (set to None), which then take the
-// outputs from their AsyncResult. Thread-safety: Push() and the in-flight count from any thread
-// without the GIL; Dispatch(), ToDict() and the destructor with the GIL.
+// outputs from their AsyncResult. Thread-safety: Push() from any thread without the GIL;
+// Dispatch() and the destructor with the GIL.
 class CompletionQueue {
  public:
   explicit CompletionQueue(bool for_asyncio) : asyncio_(for_asyncio) {
@@ -146,9 +146,6 @@ class CompletionQueue {
   CompletionQueue(const CompletionQueue&) = delete;
   CompletionQueue& operator=(const CompletionQueue&) = delete;
 
-  // asyncio: requests submitted through this queue whose outputs no task has taken yet.
-  int in_flight() const { return in_flight_.load(std::memory_order_acquire); }
-  void AddInFlight(int delta) { in_flight_.fetch_add(delta, std::memory_order_acq_rel); }
   bool for_asyncio() const { return asyncio_; }
 
   void Push(Finished item) {
@@ -210,12 +207,6 @@ class CompletionQueue {
 
   int fd() const { return fd_; }
 
-  // Outputs as a dict of numpy arrays; with the GIL, on the thread that dispatches this queue.
-  py::dict ToDict(const std::shared_ptr<const OutputInfo>& info, const std::vector<OutputTensor>& outputs) {
-    if (!converter_ || !converter_->Serves(info)) converter_ = std::make_unique<OutputConverter>(info);
-    return converter_->ToDict(outputs);
-  }
-
  private:
   void Resolve(Finished& item) {
     static PyObject* const done = InternedName("done");
@@ -232,7 +223,10 @@ class CompletionQueue {
       }
       if (CallMethod(future, set_running).ptr() != Py_True) return;  // cancelled before it ran
       if (item.status.ok()) {
-        CallMethod(future, set_result, ToDict(item.info, item.outputs).ptr());
+        if (!converter_ || !converter_->Serves(item.info)) {
+          converter_ = std::make_unique<OutputConverter>(item.info);
+        }
+        CallMethod(future, set_result, converter_->ToDict(item.outputs).ptr());
       } else {
         CallMethod(future, set_exception, MakeException(item.status).ptr());
       }
@@ -250,7 +244,6 @@ class CompletionQueue {
   std::condition_variable ready_;
   std::vector<Finished> items_;
   bool closed_ = false;
-  std::atomic<int> in_flight_{0};
 };
 
 // One asyncio request's outcome (a ResultSlot). The lane leaves it here; the awaiting task,

@@ -147,11 +147,7 @@ class Engine:
         self, inputs: Mapping[str, np.ndarray], *, priority: int = 0, timeout_us: int | None = None
     ) -> Outputs:
         """Queue one request and wait for its outputs (the GIL is released while waiting)."""
-        return self._core.run(  # _as_dict and _timeout inlined: this is the hot path
-            inputs if type(inputs) is dict else dict(inputs),
-            priority,
-            -1 if timeout_us is None else int(timeout_us),
-        )
+        return self._core.run(_as_dict(inputs), priority, _timeout(timeout_us))
 
     def submit(
         self, inputs: Mapping[str, np.ndarray], *, priority: int = 0, timeout_us: int | None = None
@@ -167,11 +163,7 @@ class Engine:
         self, inputs: Mapping[str, np.ndarray], *, priority: int = 0, timeout_us: int | None = None
     ) -> Outputs:
         """Queue one request from a coroutine; no thread per request (the loop watches an fd)."""
-        result = self._core.submit_async(  # as run(): helpers inlined
-            inputs if type(inputs) is dict else dict(inputs),
-            priority,
-            -1 if timeout_us is None else int(timeout_us),
-        )
+        result = self._core.submit_async(_as_dict(inputs), priority, _timeout(timeout_us))
         if result.done:  # a lone caller of a fast model: finished during submit, no loop round
             self._resolved_in_submit += 1
             if self._resolved_in_submit % YIELD_EVERY_INLINE == 0:
