@@ -33,6 +33,14 @@ Result<DLDataType> DTypeOfArray(const py::array& array) {
   }
 }
 
+// Whether an array of this dtype stores its values in this host's byte order.
+bool HasNativeByteOrder(const py::dtype& dtype) {
+  const uint16_t probe = 1;
+  const bool little = *reinterpret_cast<const uint8_t*>(&probe) == 1;
+  const char order = dtype.byteorder();  // '=' native, '|' not applicable, '<' / '>' explicit
+  return order == '=' || order == '|' || order == (little ? '<' : '>');
+}
+
 }  // namespace
 
 py::dtype NumpyDType(DLDataType dtype) {
@@ -80,10 +88,15 @@ runtime::NamedTensorViews ConvertInputs(const py::dict& inputs, std::vector<py::
       ThrowIfError(Status::InvalidArgument("input '" + name + "' must be a numpy array, got " +
                                            py::str(py::type::of(item.second)).cast<std::string>()));
     }
-    // Non-C-contiguous arrays are copied once into a contiguous buffer (documented behaviour);
-    // contiguous ones are used as they are, without numpy's conversion machinery.
+    // Non-C-contiguous arrays are copied once into a contiguous buffer (documented behaviour),
+    // as are arrays in the other byte order (read as they are, they would be garbage);
+    // contiguous native ones are used as they are, without numpy's conversion machinery.
     py::array array = py::reinterpret_borrow<py::array>(item.second);
-    if ((array.flags() & py::array::c_style) == 0) array = py::array::ensure(item.second, py::array::c_style);
+    if (!HasNativeByteOrder(array.dtype())) {
+      array = array.attr("astype")(array.dtype().attr("newbyteorder")("="));
+    } else if ((array.flags() & py::array::c_style) == 0) {
+      array = py::array::ensure(item.second, py::array::c_style);
+    }
     const DLDataType dtype = ValueOrThrow(DTypeOfArray(array));
     std::vector<int64_t> shape(array.shape(), array.shape() + array.ndim());
     views.emplace_back(name, TensorView{array.data(), dtype, std::move(shape)});

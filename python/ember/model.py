@@ -15,7 +15,8 @@ class Model:
     """A loaded artifact. `run` validates inputs, buckets the batch and runs in C++ without the GIL.
 
     Thread-safe: concurrent `run` calls are serialized on the model's single VM instance; for
-    parallel serving use an Engine. Arrays that are not C-contiguous are copied once.
+    parallel serving use an Engine. Arrays that are not C-contiguous are copied once, and those in
+    the other byte order are converted.
     """
 
     __slots__ = ("_core_model", "artifact")

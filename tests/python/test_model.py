@@ -48,6 +48,16 @@ def test_outputs_own_their_memory(mlp_model: ember.Model) -> None:
     assert first.flags.c_contiguous and first.flags.writeable
 
 
+def test_inputs_in_the_other_byte_order_are_converted(mlp_model: ember.Model) -> None:
+    x = np.random.default_rng(5).standard_normal((4, 16)).astype(np.float32)
+    swapped = x.astype(x.dtype.newbyteorder(">" if x.dtype.byteorder in "=<" else "<"))
+    assert not swapped.dtype.isnative
+    want = mlp_model.run({"x": x})["y"]
+    np.testing.assert_array_equal(mlp_model.run({"x": swapped})["y"], want)
+    with ember.Engine(mlp_model) as engine:
+        np.testing.assert_array_equal(engine.run({"x": swapped})["y"], want)
+
+
 def test_non_contiguous_and_unaligned_inputs_are_copied(mlp_model: ember.Model) -> None:
     rng = np.random.default_rng(2)
     wide = rng.standard_normal((8, 32)).astype(np.float32)
