@@ -16,6 +16,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <set>
 #include <string>
 #include <utility>
@@ -471,7 +472,218 @@ class PyEngine {
   std::set<std::shared_ptr<CompletionQueue>> queues_;
   std::atomic<int> spinners_{0};
   std::atomic<int> callers_in_run_{0};
+
+ public:
+  uint64_t resolved_in_submit = 0;  // infer() calls done during submit; with the GIL
 };
+
+// A lone asyncio caller of a fast model gets its outputs during submit (the core polls for them
+// briefly), so its call completes without a loop round; one such call in this many still yields,
+// so that a task calling in a loop cannot starve the loop's other tasks for more than a few ms.
+constexpr uint64_t kYieldEveryInline = 16;
+
+// `engine.infer(...)`: a native coroutine object, so that a request runs Engine.infer's steps
+// without a Python frame of its own. A C type rather than a pybind11 class: its am_send slot
+// returns the outputs without raising StopIteration, where a pybind11 method would throw and
+// catch a C++ exception per request (measured: half the throughput of the Python coroutine).
+// Like a coroutine it does nothing until first sent to (awaited, or scheduled as a task). Then:
+// submit; if the outputs are already there (a lone caller, polled during submit) return them;
+// else give the loop one round (a bare yield: no future) and look again; else attach a future of
+// the running loop, yield it, and return the outputs once the lane's completion resolves it.
+// Not thread-safe, like a coroutine: it runs on its loop's thread, with the GIL.
+class InferCall {
+ public:
+  InferCall(py::object engine, py::dict inputs, int priority, int64_t timeout_us, py::object queue_for_loop)
+      : engine_(std::move(engine)), inputs_(std::move(inputs)), priority_(priority),
+        timeout_us_(timeout_us), queue_for_loop_(std::move(queue_for_loop)) {}
+
+  // One step of the coroutine: PYGEN_NEXT with *out to yield, PYGEN_RETURN with *out the
+  // outputs, or PYGEN_ERROR with the Python error set. Never throws.
+  PySendResult Step(PyObject* value, PyObject** out) noexcept {
+    *out = nullptr;
+    try {
+      py::object yielded = StepOrThrow(value);
+      if (!yielded) {  // finished: the outputs, or the request's error raised by Take()
+        py::dict outputs = result_->Take();
+        result_.reset();
+        *out = outputs.release().ptr();
+        return PYGEN_RETURN;
+      }
+      *out = yielded.release().ptr();
+      return PYGEN_NEXT;
+    } catch (py::error_already_set& err) {
+      state_ = State::kFinished;
+      result_.reset();
+      err.restore();
+    } catch (const std::exception& err) {
+      state_ = State::kFinished;
+      result_.reset();
+      PyErr_SetString(PyExc_RuntimeError, err.what());
+    }
+    return PYGEN_ERROR;
+  }
+
+  // An error thrown in (the task was cancelled while waiting): raise it. The request still runs;
+  // its outputs go with this object.
+  void Finish() {
+    state_ = State::kFinished;
+    result_.reset();
+  }
+
+ private:
+  enum class State { kNew, kYielded, kRound, kWaiting, kFinished };
+
+  // What to yield next, or a null object once the outputs can be taken.
+  py::object StepOrThrow(PyObject* value) {
+    if (state_ == State::kFinished) ThrowIfError(Status::Internal("cannot reuse an already awaited infer() call"));
+    if (state_ == State::kNew) {
+      if (value != Py_None) ThrowIfError(Status::Internal("can't send a value to a just-started infer() call"));
+      state_ = State::kFinished;  // until submitted: a refused submit raises and ends the call
+      PyEngine& engine = engine_.cast<PyEngine&>();
+      result_ = engine.SubmitAsync(inputs_, priority_, timeout_us_);
+      inputs_ = py::dict();  // copied into the pool: let the caller's arrays go
+      if (result_->done() && ++engine.resolved_in_submit % kYieldEveryInline != 0) return py::object();
+      state_ = result_->done() ? State::kYielded : State::kRound;  // kYielded: let others run
+      return py::none();
+    }
+    if (state_ == State::kRound && !result_->done()) {
+      static PyObject* const get_running_loop = ImportAttr("asyncio", "get_running_loop");
+      static PyObject* const create_future = InternedName("create_future");
+      static PyObject* const blocking = InternedName("_asyncio_future_blocking");
+      py::object loop = py::reinterpret_steal<py::object>(PyObject_CallNoArgs(get_running_loop));
+      if (!loop) throw py::error_already_set();
+      py::object future = CallMethod(loop, create_future);
+      auto queue = queue_for_loop_(loop).cast<std::shared_ptr<CompletionQueue>>();
+      if (engine_.cast<PyEngine&>().Attach(*result_, future, queue)) {
+        if (PyObject_SetAttr(future.ptr(), blocking, Py_True) != 0) throw py::error_already_set();
+        state_ = State::kWaiting;
+        return future;  // the task waits on it
+      }
+    }
+    state_ = State::kFinished;
+    return py::object();
+  }
+
+  static PyObject* ImportAttr(const char* module, const char* name) {
+    py::object attr = py::module_::import(module).attr(name);
+    return attr.release().ptr();  // kept until exit
+  }
+
+  py::object engine_;  // the _core.Engine, kept alive while the call is
+  py::dict inputs_;
+  const int priority_;
+  const int64_t timeout_us_;
+  py::object queue_for_loop_;  // Engine._loop_queue: the loop's CompletionQueue, watched by it
+  std::shared_ptr<AsyncResult> result_;
+  State state_ = State::kNew;
+};
+
+// The Python object around an InferCall (constructed in place; destroyed with the GIL).
+struct InferCallObject {
+  PyObject_HEAD
+  alignas(InferCall) unsigned char storage[sizeof(InferCall)];
+};
+
+InferCall& CallOf(PyObject* self) {
+  return *std::launder(reinterpret_cast<InferCall*>(reinterpret_cast<InferCallObject*>(self)->storage));
+}
+
+PyTypeObject* infer_call_type = nullptr;  // made once by BindEngine, kept until exit
+
+// A step's outcome as iterator protocol: the yielded value, or NULL with StopIteration(value)
+// or the error set.
+PyObject* AsIteratorResult(PySendResult status, PyObject* out) {
+  if (status == PYGEN_NEXT) return out;
+  if (status == PYGEN_RETURN) {
+    PyErr_SetObject(PyExc_StopIteration, out);  // a dict: not unpacked as arguments
+    Py_DECREF(out);
+  }
+  return nullptr;
+}
+
+PySendResult InferCallSend(PyObject* self, PyObject* value, PyObject** out) {
+  return CallOf(self).Step(value, out);
+}
+
+PyObject* InferCallSendMethod(PyObject* self, PyObject* value) {
+  PyObject* out = nullptr;
+  const PySendResult status = CallOf(self).Step(value, &out);  // before `out` is read
+  return AsIteratorResult(status, out);
+}
+
+PyObject* InferCallNext(PyObject* self) { return InferCallSendMethod(self, Py_None); }
+
+PyObject* InferCallThrow(PyObject* self, PyObject* args) {
+  PyObject *type, *value = nullptr, *traceback = nullptr;
+  if (!PyArg_UnpackTuple(args, "throw", 1, 3, &type, &value, &traceback)) return nullptr;
+  CallOf(self).Finish();
+  if (PyExceptionInstance_Check(type)) {
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(type)), type);
+  } else if (PyExceptionClass_Check(type)) {
+    PyErr_SetObject(type, value != nullptr ? value : Py_None);
+  } else {
+    PyErr_SetString(PyExc_TypeError, "exceptions must be classes or instances deriving from BaseException");
+    return nullptr;
+  }
+  if (traceback != nullptr && traceback != Py_None) {
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    PyErr_NormalizeException(&t, &v, &tb);
+    Py_XDECREF(tb);
+    Py_INCREF(traceback);
+    PyErr_Restore(t, v, traceback);
+  }
+  return nullptr;
+}
+
+PyObject* InferCallClose(PyObject* self, PyObject*) {
+  CallOf(self).Finish();
+  Py_RETURN_NONE;
+}
+
+PyObject* InferCallAwait(PyObject* self) {
+  Py_INCREF(self);
+  return self;
+}
+
+void InferCallDealloc(PyObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  CallOf(self).~InferCall();
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
+PyMethodDef infer_call_methods[] = {
+    {"send", InferCallSendMethod, METH_O, "Resume with a value (None); see the class doc."},
+    {"throw", InferCallThrow, METH_VARARGS, "Raise an exception at the current step."},
+    {"close", InferCallClose, METH_NOARGS, "Stop; the request still runs, its outputs are dropped."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyType_Slot infer_call_slots[] = {
+    {Py_tp_doc, const_cast<char*>("One engine.infer(...) call: a native coroutine.")},
+    {Py_tp_dealloc, reinterpret_cast<void*>(InferCallDealloc)},
+    {Py_tp_iter, reinterpret_cast<void*>(PyObject_SelfIter)},
+    {Py_tp_iternext, reinterpret_cast<void*>(InferCallNext)},
+    {Py_tp_methods, infer_call_methods},
+    {Py_am_await, reinterpret_cast<void*>(InferCallAwait)},
+    {Py_am_send, reinterpret_cast<void*>(InferCallSend)},
+    {0, nullptr},
+};
+
+PyType_Spec infer_call_spec = {
+    "ember._core.InferCall", sizeof(InferCallObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, infer_call_slots,
+};
+
+py::object NewInferCall(py::object engine, py::dict inputs, int priority, int64_t timeout_us,
+                        py::object queue_for_loop) {
+  PyObject* self = infer_call_type->tp_alloc(infer_call_type, 0);
+  if (self == nullptr) throw py::error_already_set();
+  new (reinterpret_cast<InferCallObject*>(self)->storage)
+      InferCall(std::move(engine), std::move(inputs), priority, timeout_us, std::move(queue_for_loop));
+  return py::reinterpret_steal<py::object>(self);
+}
 
 py::dict HistogramToDict(const engine::HistogramSnapshot& h) {
   py::list buckets;  // (upper edge, count) of every non-empty bucket, for exporters
@@ -516,6 +728,10 @@ void BindEngine(py::module_& m) {
       .def_property_readonly("done", &AsyncResult::done)
       .def("take", &AsyncResult::Take, "The outputs, or the request's error raised; once.");
 
+  infer_call_type = reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&infer_call_spec));
+  if (infer_call_type == nullptr) throw py::error_already_set();
+  m.add_object("InferCall", py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(infer_call_type)));
+
   py::class_<PyEngine>(m, "Engine", "Dynamic batching over lanes of a loaded model (C++ core).")
       .def(py::init([](const std::shared_ptr<runtime::Model>& model, int lanes, int threads_per_lane,
                        int64_t max_batch_size, int64_t max_queue_delay_us,
@@ -539,8 +755,12 @@ void BindEngine(py::module_& m) {
            py::arg("priority"), py::arg("timeout_us"))
       .def("submit_async", &PyEngine::SubmitAsync, py::arg("inputs"), py::arg("priority"),
            py::arg("timeout_us"))
-      .def("attach", &PyEngine::Attach, py::arg("result"), py::arg("future"), py::arg("queue"),
-           "Have queue resolve future (to None) when result is done; False if it already is.")
+      .def("infer",
+           [](py::object self, py::dict inputs, int priority, int64_t timeout_us, py::object queue_for_loop) {
+             return NewInferCall(std::move(self), std::move(inputs), priority, timeout_us,
+                                 std::move(queue_for_loop));
+           },
+           py::arg("inputs"), py::arg("priority"), py::arg("timeout_us"), py::arg("queue_for_loop"))
       .def("close", &PyEngine::Close, py::arg("drain"))
       .def_property_readonly("closed", [](PyEngine& self) { return self.engine().closed(); })
       .def_property_readonly("queue_size", [](PyEngine& self) { return self.engine().queue_size(); })

@@ -12,9 +12,8 @@ import atexit
 import concurrent.futures
 import os
 import threading
-import types
 import weakref
-from collections.abc import Generator, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -30,7 +29,7 @@ Outputs = dict[str, np.ndarray]
 # A lone asyncio caller of a fast model gets its result during submit (the core polls for it
 # briefly), so `await engine.infer(...)` returns without a loop round; one call in this many
 # still yields, so that a task calling in a loop cannot starve the loop's other tasks for longer
-# than a few milliseconds.
+# than a few milliseconds (kYieldEveryInline in the core).
 YIELD_EVERY_INLINE = 16
 
 
@@ -138,7 +137,6 @@ class Engine:
             asyncio.AbstractEventLoop, _core.CompletionQueue
         ] = weakref.WeakKeyDictionary()
         self._last_loop_queue: tuple[asyncio.AbstractEventLoop, _core.CompletionQueue] | None = None
-        self._resolved_in_submit = 0  # infer() calls whose future was done at once (see above)
         _live_engines.add(self)
 
     # --- requests -----------------------------------------------------------------------------
@@ -159,25 +157,17 @@ class Engine:
         )
         return future
 
-    async def infer(
+    def infer(
         self, inputs: Mapping[str, np.ndarray], *, priority: int = 0, timeout_us: int | None = None
-    ) -> Outputs:
-        """Queue one request from a coroutine; no thread per request (the loop watches an fd)."""
-        result = self._core.submit_async(_as_dict(inputs), priority, _timeout(timeout_us))
-        if result.done:  # a lone caller of a fast model: finished during submit, no loop round
-            self._resolved_in_submit += 1
-            if self._resolved_in_submit % YIELD_EVERY_INLINE == 0:
-                await _one_loop_round()  # still let the loop's other tasks run now and then
-            return result.take()
-        # One round of the loop: its other tasks submit meanwhile, and a batch of a fast model
-        # finishes, so most requests take their outputs with no future at all.
-        await _one_loop_round()
-        if not result.done:
-            loop = asyncio.get_running_loop()
-            woken: asyncio.Future[None] = loop.create_future()
-            if self._core.attach(result, woken, self._loop_queue(loop)):
-                await woken
-        return result.take()
+    ) -> Coroutine[Any, Any, Outputs]:
+        """Queue one request from a coroutine: `await engine.infer(...)`, or schedule it as a task.
+
+        A native coroutine (its steps run in C++): it submits when first awaited, gives the loop
+        one round so that the loop's other tasks submit meanwhile, and then usually finds its
+        outputs ready; only a request that outlasts the round waits on a future, which the loop
+        resolves when an fd it watches says the request finished (no thread per request).
+        """
+        return self._core.infer(_as_dict(inputs), priority, _timeout(timeout_us), self._loop_queue)
 
     # --- lifecycle and introspection -----------------------------------------------------------
 
@@ -293,12 +283,6 @@ class Engine:
                 self._loop_queues[loop] = queue
         self._last_loop_queue = (loop, queue)
         return queue
-
-
-@types.coroutine
-def _one_loop_round() -> Generator[None, None, None]:
-    """Gives the event loop one round, like `asyncio.sleep(0)` (a bare yield: no future)."""
-    yield
 
 
 def _dispatch_until_closed(queue: _core.CompletionQueue) -> None:

@@ -215,6 +215,56 @@ def test_an_async_result_is_taken_once_and_only_when_done(engine: ember.Engine) 
             pending.take()
 
 
+def test_infer_is_a_coroutine_that_does_nothing_until_awaited(
+    engine: ember.Engine, mlp_model: ember.Model
+) -> None:
+    x = rows(2, 4)
+    want = mlp_model.run({"x": x})["y"]
+    call = engine.infer({"x": x})
+    assert asyncio.iscoroutine(call)
+    unawaited = engine.infer({"x": x})
+    unawaited.close()  # as for any coroutine: dropped before it ran, it submits nothing
+    del unawaited
+    assert engine.metrics().requests == 0
+
+    async def scenario() -> dict[str, np.ndarray]:
+        task = asyncio.create_task(call)  # a task, as with an async def coroutine
+        got = await task
+        with pytest.raises(ember.InternalError, match="already awaited"):
+            await call
+        return got
+
+    np.testing.assert_allclose(asyncio.run(scenario())["y"], want, atol=ATOL)
+    assert engine.metrics().requests == 1
+
+    async def by_hand(eng: ember.Engine) -> dict[str, np.ndarray]:
+        """The generator protocol (send / StopIteration), as a framework other than asyncio's
+        Task would drive it; a yielded future is awaited the way a Task waits on it."""
+        call = eng.infer({"x": x})
+        while True:
+            try:
+                yielded = call.send(None)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            if yielded is not None:  # a future, flagged for a Task: take it over as one does
+                assert yielded._asyncio_future_blocking
+                yielded._asyncio_future_blocking = False
+                await yielded
+
+    np.testing.assert_allclose(asyncio.run(by_hand(engine))["y"], want, atol=ATOL)
+    # A batch that only closes at its 20 ms delay: the call yields its loop round, then a future.
+    with ember.Engine(mlp_model, max_queue_delay_us=20_000, preferred_batch_sizes=(8,)) as slow:
+        np.testing.assert_allclose(asyncio.run(by_hand(slow))["y"], want, atol=ATOL)
+
+    async def thrown_into() -> None:
+        call = engine.infer({"x": x})
+        call.send(None)  # submitted (a lone fast request may already have returned)
+        call.throw(ValueError, ValueError("from the caller"))
+
+    with pytest.raises((ValueError, StopIteration)):
+        asyncio.run(thrown_into())
+
+
 def test_asyncio_errors_reach_the_awaiting_task(engine: ember.Engine) -> None:
     async def bad() -> None:
         await engine.infer({"x": np.zeros((1, 3), np.float32)})
