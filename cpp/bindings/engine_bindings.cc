@@ -428,16 +428,24 @@ class PyEngine {
   Engine& engine() { return *engine_; }
   engine::HandoffGate::Stats wakeup_stats() const { return gate_->stats(); }
 
- private:
-  // When batches take about as long as a thread takes to wake (small models), one waiting caller
-  // at a time polls for its result before sleeping; more would steal cores from the lanes.
-  template <typename Done>
-  void SpinWhileFast(const Done& done) {
+  // How long a caller may poll for its result instead of sleeping: when batches take about as
+  // long as a thread takes to wake (small models), the spin budget plus a batch; else 0.
+  std::chrono::microseconds PollBudget() const {
     const int64_t budget_us = engine_->options().idle_spin_us;
     const int64_t compute_us = engine_->recent_compute_us();
-    if (budget_us == 0 || compute_us > budget_us) return;
+    if (budget_us == 0 || compute_us > budget_us) return std::chrono::microseconds(0);
+    return std::chrono::microseconds(budget_us + compute_us);
+  }
+
+ private:
+  // One waiting caller at a time polls (within PollBudget) before sleeping; more would steal
+  // cores from the lanes.
+  template <typename Done>
+  void SpinWhileFast(const Done& done) {
+    const std::chrono::microseconds budget = PollBudget();
+    if (budget.count() == 0) return;
     if (spinners_.fetch_add(1, std::memory_order_acq_rel) == 0) {
-      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(budget_us + compute_us);
+      const auto until = std::chrono::steady_clock::now() + budget;
       while (!done() && std::chrono::steady_clock::now() < until) {
         for (int i = 0; i < 16; ++i) CpuRelax();
       }
@@ -488,8 +496,9 @@ constexpr uint64_t kYieldEveryInline = 16;
 // catch a C++ exception per request (measured: half the throughput of the Python coroutine).
 // Like a coroutine it does nothing until first sent to (awaited, or scheduled as a task). Then:
 // submit; if the outputs are already there (a lone caller, polled during submit) return them;
-// else give the loop one round (a bare yield: no future) and look again; else attach a future of
-// the running loop, yield it, and return the outputs once the lane's completion resolves it.
+// else give the loop a round (a bare yield: no future) and look again, for a fast model until its
+// poll budget (PyEngine::PollBudget) runs out; else attach a future of the running loop, yield
+// it, and return the outputs once the lane's completion resolves it.
 // Not thread-safe, like a coroutine: it runs on its loop's thread, with the GIL.
 class InferCall {
  public:
@@ -542,11 +551,15 @@ class InferCall {
       PyEngine& engine = engine_.cast<PyEngine&>();
       result_ = engine.SubmitAsync(inputs_, priority_, timeout_us_);
       inputs_ = py::dict();  // copied into the pool: let the caller's arrays go
+      poll_until_ = std::chrono::steady_clock::now() + engine.PollBudget();
       if (result_->done() && ++engine.resolved_in_submit % kYieldEveryInline != 0) return py::object();
       state_ = result_->done() ? State::kYielded : State::kRound;  // kYielded: let others run
       return py::none();
     }
     if (state_ == State::kRound && !result_->done()) {
+      // A fast model's batch is due within the poll budget: another loop round costs less
+      // than a future, its callbacks and the loop's sleep in epoll and wake-up.
+      if (std::chrono::steady_clock::now() < poll_until_) return py::none();
       static PyObject* const get_running_loop = ImportAttr("asyncio", "get_running_loop");
       static PyObject* const create_future = InternedName("create_future");
       static PyObject* const blocking = InternedName("_asyncio_future_blocking");
@@ -575,6 +588,7 @@ class InferCall {
   const int64_t timeout_us_;
   py::object queue_for_loop_;  // Engine._loop_queue: the loop's CompletionQueue, watched by it
   std::shared_ptr<AsyncResult> result_;
+  std::chrono::steady_clock::time_point poll_until_;  // loop rounds until then, then a future
   State state_ = State::kNew;
 };
 
