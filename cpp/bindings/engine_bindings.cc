@@ -532,8 +532,8 @@ class InferCall {
     return PYGEN_ERROR;
   }
 
-  // An error thrown in (the task was cancelled while waiting): raise it. The request still runs;
-  // its outputs go with this object.
+  // Ends the call early: close(), or an error thrown in (a cancelled task), which the caller
+  // then raises. The request still runs; its outputs go with this object.
   void Finish() {
     state_ = State::kFinished;
     result_.reset();
