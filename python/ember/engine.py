@@ -163,9 +163,10 @@ class Engine:
         """Queue one request from a coroutine: `await engine.infer(...)`, or schedule it as a task.
 
         A native coroutine (its steps run in C++): it submits when first awaited, gives the loop
-        one round so that the loop's other tasks submit meanwhile, and then usually finds its
-        outputs ready; only a request that outlasts the round waits on a future, which the loop
-        resolves when an fd it watches says the request finished (no thread per request).
+        a round so that the loop's other tasks submit meanwhile, and then usually finds its
+        outputs ready (a fast model's call looks again after each round for a few tens of µs);
+        only a request still pending then waits on a future, which the loop resolves when an fd
+        it watches says the request finished (no thread per request).
         """
         return self._core.infer(_as_dict(inputs), priority, _timeout(timeout_us), self._loop_queue)
 
