@@ -363,40 +363,43 @@ INSTANTIATE_TEST_SUITE_P(
         // 153,600 activation values: quantized in parallel chunks
         ConvCase{4, 40, 40, 24, 16, 3, 1, 1, 1, 1, true, false, true, true, true}));
 
+// Runs conv2d_q8 (a 1x1 kernel, stride 1, no padding, no bias: ones throughout) with these
+// shapes, `a_unsigned` and weight id, and expects a refusal mentioning `expected`.
+void ExpectConv2dQ8Refusal(std::vector<int64_t> x_shape, std::vector<int64_t> w_shape,
+                           std::vector<int64_t> out_shape, int64_t weight_id, int64_t a_unsigned,
+                           const char* expected) {
+  RegisterDnnlKernels();
+  auto fn = ffi::Function::GetGlobal("ember.dnnl.conv2d_q8");
+  ASSERT_TRUE(fn.has_value());
+  auto count = [](const std::vector<int64_t>& shape) {
+    size_t n = 1;
+    for (int64_t d : shape) n *= static_cast<size_t>(d);
+    return n;
+  };
+  std::vector<float> x(count(x_shape), 1.0f), s(static_cast<size_t>(w_shape[0]), 0.01f),
+      out(count(out_shape));
+  std::vector<int8_t> w(count(w_shape), 1);
+  std::vector<int64_t> s_shape{w_shape[0]};
+  DLTensor tx = Dl(x.data(), kF32, x_shape), tw = Dl(w.data(), kS8, w_shape),
+           ts = Dl(s.data(), kF32, s_shape), tout = Dl(out.data(), kF32, out_shape);
+  ExpectRefusal(
+      [&] {
+        (*fn)(&tx, &tw, &ts, &ts, &tx, 1, 1, 0, 0, 0, 0, 1, 1, 1, int64_t{0}, int64_t{0},
+              int64_t{0}, weight_id, a_unsigned, 0.5, 0.0, 0.0, &tout);
+      },
+      expected);
+}
+
 // oneDNN has no optimized uint8 kernel for nChw8c activations: the kernel refuses rather than
 // run its reference implementation (300x slower on the digits CNN); the compiler uses NHWC.
 TEST(Conv2dQ8, RefusesLayoutsWithoutAnOptimizedInt8Kernel) {
-  RegisterDnnlKernels();
-  auto fn = ffi::Function::GetGlobal("ember.dnnl.conv2d_q8");
-  ASSERT_TRUE(fn.has_value());
-  std::vector<float> x(2 * 6 * 6 * 16, 1.0f), s(16, 0.01f), out(2 * 6 * 6 * 16);
-  std::vector<int8_t> w(16 * 16, 1);
-  std::vector<int64_t> x_shape{2, 2, 6, 6, 8}, w_shape{16, 1, 1, 16}, s_shape{16};
-  DLTensor tx = Dl(x.data(), kF32, x_shape), tw = Dl(w.data(), kS8, w_shape),
-           ts = Dl(s.data(), kF32, s_shape), tout = Dl(out.data(), kF32, x_shape);
-  ExpectRefusal(
-      [&] {  // an nChw8c int8 conv
-        (*fn)(&tx, &tw, &ts, &ts, &tx, 1, 1, 0, 0, 0, 0, 1, 1, 1, int64_t{0}, int64_t{0},
-              int64_t{0}, int64_t{6}, int64_t{1}, 0.5, 0.0, 0.0, &tout);
-      },
-      "no optimized int8 kernel");
+  ExpectConv2dQ8Refusal({2, 2, 6, 6, 8}, {16, 1, 1, 16}, {2, 2, 6, 6, 8}, /*weight_id=*/6,
+                        /*a_unsigned=*/1, "no optimized int8 kernel");
 }
 
 TEST(Conv2dQ8, RefusesSignedActivations) {
-  RegisterDnnlKernels();
-  auto fn = ffi::Function::GetGlobal("ember.dnnl.conv2d_q8");
-  ASSERT_TRUE(fn.has_value());
-  std::vector<float> x(16, 1.0f), s(2, 1.0f), out(8);
-  std::vector<int8_t> w(2 * 8, 1);
-  std::vector<int64_t> x_shape{1, 1, 2, 8}, w_shape{2, 1, 1, 8}, s_shape{2}, o_shape{1, 1, 2, 2};
-  DLTensor tx = Dl(x.data(), kF32, x_shape), tw = Dl(w.data(), kS8, w_shape),
-           ts = Dl(s.data(), kF32, s_shape), tout = Dl(out.data(), kF32, o_shape);
-  ExpectRefusal(
-      [&] {  // signed activations
-        (*fn)(&tx, &tw, &ts, &ts, &tx, 1, 1, 0, 0, 0, 0, 1, 1, 1, int64_t{0}, int64_t{0},
-              int64_t{0}, int64_t{5}, int64_t{0}, 0.5, 0.0, 0.0, &tout);
-      },
-      "unsigned");
+  ExpectConv2dQ8Refusal({1, 1, 2, 8}, {2, 1, 1, 8}, {1, 1, 2, 2}, /*weight_id=*/5,
+                        /*a_unsigned=*/0, "unsigned");
 }
 
 // As MatmulQ8.SixtyFourBitWeights...: a 3x3 conv whose every input quantizes to 255, against
