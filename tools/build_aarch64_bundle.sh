@@ -42,6 +42,7 @@ multiarch=/usr/lib/aarch64-linux-gnu
 
 if [ -n "${PYTHON:-}" ]; then
   python_exe=$(command -v "$PYTHON") || { echo "error: no Python interpreter '$PYTHON'" >&2; exit 2; }
+  python_exe=$(realpath -s "$python_exe")  # as in tools/test_cpp.sh
 elif [ -x .venv/bin/python ]; then
   python_exe=$repo/.venv/bin/python
 else

@@ -11,11 +11,13 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 # An absolute path: FindPython keeps its cached interpreter when given a bare name such as
-# `python`, so switching interpreters in an existing build directory would silently not happen.
+# `python`, and passes over a relative one (.venv/bin/python) for the first python on PATH. Not
+# resolved through symlinks: a venv's python is a symlink, and its target has no venv packages.
 python_exe=$(command -v "${PYTHON:-python}") || {
   echo "error: no Python interpreter '${PYTHON:-python}' (activate .venv or set PYTHON)" >&2
   exit 2
 }
+python_exe=$(realpath -s "$python_exe")
 
 # Runtime options, exported so that they also apply to gtest_discover_tests, which runs each test
 # binary at build time to list its tests.
