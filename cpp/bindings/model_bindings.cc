@@ -93,7 +93,7 @@ runtime::NamedTensorViews ConvertInputs(const py::dict& inputs, std::vector<py::
     // contiguous native ones are used as they are, without numpy's conversion machinery.
     py::array array = py::reinterpret_borrow<py::array>(item.second);
     if (!HasNativeByteOrder(array.dtype())) {
-      array = array.attr("astype")(array.dtype().attr("newbyteorder")("="));
+      array = array.attr("astype")(array.dtype().attr("newbyteorder")("="), "C");  // C order too
     } else if ((array.flags() & py::array::c_style) == 0) {
       array = py::array::ensure(item.second, py::array::c_style);
     }

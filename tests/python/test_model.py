@@ -54,8 +54,13 @@ def test_inputs_in_the_other_byte_order_are_converted(mlp_model: ember.Model) ->
     assert not swapped.dtype.isnative
     want = mlp_model.run({"x": x})["y"]
     np.testing.assert_array_equal(mlp_model.run({"x": swapped})["y"], want)
+    # Swapped and transposed: the conversion must also lay it out C-contiguously.
+    swapped_t = np.ascontiguousarray(swapped.T).T
+    assert not swapped_t.flags.c_contiguous
+    np.testing.assert_array_equal(mlp_model.run({"x": swapped_t})["y"], want)
     with ember.Engine(mlp_model) as engine:
         np.testing.assert_array_equal(engine.run({"x": swapped})["y"], want)
+        np.testing.assert_array_equal(engine.run({"x": swapped_t})["y"], want)
 
 
 def test_non_contiguous_and_unaligned_inputs_are_copied(mlp_model: ember.Model) -> None:
