@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from ember.registry import (
     content_digest,
     hash_tree,
 )
+from ember.registry.store import DB_FILE
 
 
 @pytest.fixture
@@ -485,6 +487,29 @@ def test_concurrent_writer_processes_get_gapless_versions_and_chained_alias_hist
         assert after.previous_version == before.version
     assert final_alias == moves[-1].version
     assert len({e.actor for e in moves}) == WRITERS  # user@host:pid of each writer
+
+
+def test_opening_a_new_root_waits_out_a_lock_sqlite_will_not_wait_for(tmp_path: Path) -> None:
+    # Another process holds the write lock of a database still in rollback mode. Switching it to
+    # WAL would deadlock, so SQLite answers "database is locked" at once instead of calling the
+    # busy handler; processes opening a new root together hit this (a CI failure). Registry
+    # must retry the switch and open once the lock is gone.
+    root = tmp_path / "registry"
+    root.mkdir()
+    holder = sqlite3.connect(root / DB_FILE, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE other(x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other VALUES (1)")
+    release = threading.Timer(0.3, holder.execute, ("COMMIT",))
+    release.start()
+    try:
+        started = time.monotonic()
+        with Registry(root) as registry:
+            assert registry.models() == []
+        assert time.monotonic() - started >= 0.25  # it did wait for the holder
+    finally:
+        release.join()
+        holder.close()
 
 
 def test_threads_can_share_one_registry(registry: Registry, mlp_artifact: ember.Artifact) -> None:

@@ -237,7 +237,7 @@ class Registry:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _switch_to_wal(conn)
             if str(mode).lower() != "wal":
                 raise RegistryError(
                     f"registry database {self.root / DB_FILE} cannot use WAL journaling "
@@ -799,6 +799,27 @@ def _check_copy_matches_checksums(source: Path, copy: Path, files: Mapping[str, 
             f"artifact {source} changed while it was being registered: "
             f"{', '.join(repr(n) for n in changed)} no longer match checksums.json"
         )
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> str:
+    """Set WAL journaling and return the mode SQLite reports.
+
+    Switching a fresh database to WAL needs an exclusive lock, and SQLite answers SQLITE_BUSY
+    without calling the busy handler when waiting could deadlock (several processes opening a
+    new root at once), so the switch is retried here for up to BUSY_TIMEOUT_S.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    pause_s = 0.001
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as error:
+            code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # primary code of an extended one
+            busy = code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() + pause_s > deadline:
+                raise
+        time.sleep(pause_s)
+        pause_s = min(pause_s * 2, 0.05)
 
 
 class _ConnectionSlot:
