@@ -89,7 +89,9 @@ class OutputConverter {
   // Whether this converter is the one for outputs described by `info`.
   bool Serves(const std::shared_ptr<const OutputInfo>& info) const { return info == info_; }
 
-  py::dict ToDict(const std::vector<OutputTensor>& outputs) const {
+  // Consumes `outputs`: afterwards only the arrays hold the pooled blocks, so they go back to the
+  // pool exactly when the caller drops the arrays.
+  py::dict ToDict(std::vector<OutputTensor> outputs) const {
     py::dict out;
     for (size_t i = 0; i < outputs.size(); ++i) {
       out[names_[i]] = OutputToNumpy(outputs[i], dtypes_[i]);
@@ -227,7 +229,8 @@ class CompletionQueue {
         if (!converter_ || !converter_->Serves(item.info)) {
           converter_ = std::make_unique<OutputConverter>(item.info);
         }
-        CallMethod(future, set_result, converter_->ToDict(item.outputs).ptr());
+        const py::dict result = converter_->ToDict(std::move(item.outputs));
+        CallMethod(future, set_result, result.ptr());
       } else {
         CallMethod(future, set_exception, MakeException(item.status).ptr());
       }
@@ -290,9 +293,9 @@ class AsyncResult {
     if (taken_) ThrowIfError(Status::Internal("AsyncResult.take: the outputs were already taken"));
     taken_ = true;
     untaken_->fetch_sub(1, std::memory_order_acq_rel);
-    const std::vector<OutputTensor> outputs = slot_.TakeOutputs();
+    std::vector<OutputTensor> outputs = slot_.TakeOutputs();
     ThrowIfError(slot_.status());
-    return converter_->ToDict(outputs);
+    return converter_->ToDict(std::move(outputs));
   }
 
  private:
@@ -378,7 +381,8 @@ class PyEngine {
       gate_->Wait(*waiter);
     }
     ThrowIfError(waiter->status);
-    return converter_->ToDict(waiter->outputs);
+    // Moved out: the lane's completion still holds `waiter` for a moment after waking us.
+    return converter_->ToDict(std::move(waiter->outputs));
   }
 
   void Submit(const py::dict& inputs, const py::object& future,

@@ -56,8 +56,10 @@ struct Request {
 
 // Completions are user code: one that throws must not take a lane down.
 void Complete(Request& request, Status status, std::vector<OutputTensor> outputs) noexcept {
+  // Moved out so that its captures die with this call, not later with the batch.
+  const Completion done = std::move(request.done);
   try {
-    request.done(std::move(status), std::move(outputs));
+    done(std::move(status), std::move(outputs));
   } catch (...) {  // NOLINT(bugprone-empty-catch): nowhere to report it; documented contract
   }
 }

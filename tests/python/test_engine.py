@@ -10,6 +10,7 @@ import concurrent.futures
 import gc
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -428,6 +429,28 @@ def test_outputs_view_pooled_memory_and_return_it_when_dropped(engine: ember.Eng
     after = engine.memory_stats()
     assert after["allocations"] == before["allocations"], "steady state allocated from the system"
     assert after["hits"] >= before["hits"] + 600  # inputs and outputs of each request reuse blocks
+
+
+def test_a_returned_result_is_the_only_holder_of_its_pooled_memory(engine: ember.Engine) -> None:
+    # Once run() or a future returns, nothing in the engine may still hold the request's blocks:
+    # dropping the result must give them back at once, not when the lane gets round to it.
+    loop = asyncio.new_event_loop()
+    calls: dict[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] = {
+        "run": engine.run,
+        "submit": lambda inputs: engine.submit(inputs).result(timeout=10),
+        "infer": lambda inputs: loop.run_until_complete(engine.infer(inputs)),
+    }
+    try:
+        for name, call in calls.items():
+            late = 0
+            for i in range(1000):
+                result = call({"x": rows(3, i)})  # 3 rows run padded to 4: a batch-owned block too
+                assert engine.memory_stats()["bytes_in_use"] > 0  # the result's own output block
+                del result
+                late += engine.memory_stats()["bytes_in_use"] != 0
+            assert late == 0, f"{name}: {late} of 1000 results still shared their memory"
+    finally:
+        loop.close()
 
 
 def test_lanes_times_threads_may_not_exceed_the_cores(mlp_model: ember.Model) -> None:
