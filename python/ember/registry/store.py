@@ -238,7 +238,7 @@ class Registry:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             mode = _switch_to_wal(conn)
-            if str(mode).lower() != "wal":
+            if mode.lower() != "wal":
                 raise RegistryError(
                     f"registry database {self.root / DB_FILE} cannot use WAL journaling "
                     f"(got {mode!r}); is the root on a network file system?"
@@ -814,8 +814,11 @@ def _switch_to_wal(conn: sqlite3.Connection) -> str:
         try:
             return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
         except sqlite3.OperationalError as error:
-            code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # primary code of an extended one
-            busy = code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+; 3.10 has the text
+            if code is None:
+                busy = "locked" in str(error)  # "database is locked" / "... table is locked"
+            else:
+                busy = (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # primary code
             if not busy or time.monotonic() + pause_s > deadline:
                 raise
         time.sleep(pause_s)
