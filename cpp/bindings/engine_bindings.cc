@@ -746,6 +746,7 @@ void BindEngine(py::module_& m) {
       .def_property_readonly("done", &AsyncResult::done)
       .def("take", &AsyncResult::Take, "The outputs, or the request's error raised; once.");
 
+  m.attr("YIELD_EVERY_INLINE") = kYieldEveryInline;  // for ember.engine and its tests
   infer_call_type = reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&infer_call_spec));
   if (infer_call_type == nullptr) throw py::error_already_set();
   m.add_object("InferCall", py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(infer_call_type)));

@@ -42,6 +42,8 @@ class AsyncResult:
     def done(self) -> bool: ...
     def take(self) -> dict[str, npt.NDArray[np.generic]]: ...
 
+YIELD_EVERY_INLINE: int  # one inline-finished infer() call in this many still yields
+
 @final
 class InferCall(Coroutine[Any, Any, dict[str, npt.NDArray[np.generic]]]):
     """One engine.infer(...) call: a native coroutine."""

@@ -29,8 +29,8 @@ Outputs = dict[str, np.ndarray]
 # A lone asyncio caller of a fast model gets its result during submit (the core polls for it
 # briefly), so `await engine.infer(...)` returns without a loop round; one call in this many
 # still yields, so that a task calling in a loop cannot starve the loop's other tasks for longer
-# than a few milliseconds (kYieldEveryInline in the core).
-YIELD_EVERY_INLINE = 16
+# than a few milliseconds. The core decides; this names its number.
+YIELD_EVERY_INLINE: int = _core.YIELD_EVERY_INLINE
 
 
 @dataclass(frozen=True)
